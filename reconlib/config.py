@@ -1,0 +1,152 @@
+"""`RunConfig`: one object describes a run. It is the CLI surface, the notebook parameters and the
+run record's key. Field names follow method.md (§2 criteria, §3 schemes and optimiser, §5 calibration)."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, fields
+
+CRITERIA = ("magnitude", "wanda", "sparsegpt")
+SCHEMES = ("lr", "br", "br+gp", "br+gp+cr")
+CORPORA = ("wikitext2", "ptb", "c4", "boolq-passages")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    model: str = "smollm2-135m"
+    criterion: str = "sparsegpt"        # magnitude | wanda | sparsegpt
+    sparsity: str = "0.5"               # unstructured ratio in (0, 1), or "N:M" (keep N of every M)
+    recon: str = "lr"                   # lr | br | br+gp | br+gp+cr
+    calib: str = "boolq-passages"       # the paper uses c4; boolq-passages is the offline Wikipedia text
+    n_calib: int = 32                   # calibration windows (paper: 256)
+    seq_len: int = 512                  # tokens per window (paper: 1024 calibration, 2048 evaluation)
+    self_gen: int = 0                   # self-generated windows added for reconstruction (method.md §5)
+    epochs: int = 10                    # Adam epochs per unit; 0 = LR
+    lr: float = 2e-4                    # decayed linearly to 0
+    batch_size: int = 8
+    seed: int = 0
+    ppl: tuple = ("wikitext2", "ptb")   # perplexity sets evaluated after pruning
+    test_error: tuple = ("wikitext2",)  # held-out sets for the per-block test error
+    n_test: int = 8                     # test windows per test_error set
+    max_eval_windows: int = 0           # 0 = whole test set for perplexity
+    zeroshot: tuple = ()                # zero-shot tasks evaluated after pruning
+    zeroshot_limit: int = 0             # 0 = all items
+    device: str = "auto"                # auto = cuda when available
+    dtype: str = "auto"                 # autocast dtype on a GPU: auto = bfloat16; fp32 on CPU
+
+    def __post_init__(self):
+        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
+        for name in ("ppl", "test_error", "zeroshot"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                value = [v for v in value.split(",") if v]
+            set_(name, tuple(value))
+        set_("sparsity", canonical_sparsity(self.sparsity))
+        self.validate()
+
+    def validate(self):
+        def need(ok, msg):
+            if not ok:
+                raise ValueError(msg)
+
+        need(self.criterion in CRITERIA, f"unknown criterion {self.criterion!r}: use one of {', '.join(CRITERIA)}")
+        need(self.recon in SCHEMES, f"unknown recon scheme {self.recon!r}: use one of {', '.join(SCHEMES)}")
+        need(self.calib in CORPORA, f"unknown calibration corpus {self.calib!r}: use one of {', '.join(CORPORA)}")
+        for name in ("ppl", "test_error"):
+            bad = [c for c in getattr(self, name) if c not in CORPORA]
+            need(not bad, f"unknown corpus {bad} in {name}: use names from {', '.join(CORPORA)}")
+        for name in ("n_calib", "seq_len", "batch_size", "n_test"):
+            need(isinstance(getattr(self, name), int) and getattr(self, name) > 0,
+                 f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        for name in ("self_gen", "epochs", "max_eval_windows", "zeroshot_limit"):
+            need(isinstance(getattr(self, name), int) and getattr(self, name) >= 0,
+                 f"{name} must be an integer ≥ 0, got {getattr(self, name)!r}")
+        need(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        need(self.batch_size <= self.n_calib + self.self_gen,
+             f"batch_size {self.batch_size} is larger than the calibration set ({self.n_calib} + {self.self_gen} "
+             "windows): lower batch_size or raise n_calib")
+        need(self.recon == "lr" or self.epochs > 0,
+             f"recon={self.recon!r} trains by Adam and needs epochs ≥ 1 (epochs=0 is recon='lr')")
+        need(self.device in ("auto", "cpu") or self.device.startswith("cuda"),
+             f"device must be 'auto', 'cpu' or 'cuda[:i]', got {self.device!r}")
+        need(self.dtype in ("auto", "bfloat16", "float16", "float32"),
+             f"dtype must be auto, bfloat16, float16 or float32, got {self.dtype!r}")
+
+    @property
+    def pattern(self) -> tuple[float, int, int]:
+        """(ratio, n_keep, group): N:M gives (1 - N/M, N, M); unstructured gives (ratio, 0, 0)."""
+        return parse_sparsity(self.sparsity)
+
+    @property
+    def train_epochs(self) -> int:
+        """LR is the criterion alone: no gradient step (method.md §3)."""
+        return 0 if self.recon == "lr" else self.epochs
+
+    def to_dict(self) -> dict:
+        return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v for f in fields(self)}
+
+    def key(self) -> str:
+        """A stable hash of every field: the run record's file name."""
+        blob = json.dumps(self.to_dict(), sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def replace(self, **overrides) -> "RunConfig":
+        return from_dict({**self.to_dict(), **overrides})
+
+
+def parse_sparsity(sparsity) -> tuple[float, int, int]:
+    text = str(sparsity).strip()
+    if ":" in text:
+        try:
+            n_keep, group = (int(t) for t in text.split(":"))
+        except ValueError:
+            raise ValueError(f"sparsity {text!r} is not N:M with integers N < M, e.g. '2:4'") from None
+        if not 0 < n_keep < group:
+            raise ValueError(f"sparsity {text!r}: N:M needs 0 < N < M (keep N of every M), e.g. '2:4' or '4:8'")
+        return 1 - n_keep / group, n_keep, group
+    try:
+        ratio = float(text)
+    except ValueError:
+        raise ValueError(f"sparsity {text!r} is neither a ratio in (0, 1) nor N:M such as '2:4'") from None
+    if not 0 < ratio < 1:
+        raise ValueError(f"sparsity must lie in (0, 1), got {ratio}; use e.g. 0.5 for 50% zeros")
+    return ratio, 0, 0
+
+
+def canonical_sparsity(sparsity) -> str:
+    ratio, n_keep, group = parse_sparsity(sparsity)
+    return f"{n_keep}:{group}" if group else repr(float(ratio))
+
+
+def from_dict(values: dict) -> RunConfig:
+    """Build a config, rejecting unknown keys by listing the valid ones."""
+    names = [f.name for f in fields(RunConfig)]
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise ValueError(f"unknown config field(s) {unknown}: valid fields are {', '.join(names)}")
+    return RunConfig(**values)
+
+
+# Layered overrides for notebooks and `make book PROFILE=…` (the base is RunConfig's defaults).
+PROFILES = {
+    # tiny random model: seconds per notebook, for tests
+    "smoke": dict(model="tiny-llama", n_calib=4, seq_len=32, epochs=1, batch_size=2, n_test=2,
+                  max_eval_windows=2, ppl=("wikitext2",), zeroshot_limit=4),
+    # the embedded SmolLM2-135M on 2 CPU cores: the whole book in about 30 minutes
+    "cpu": dict(model="smollm2-135m", n_calib=16, seq_len=256, epochs=2, batch_size=4, n_test=8,
+                max_eval_windows=16, ppl=("wikitext2", "ptb"), zeroshot_limit=100),
+    # the paper's setting (method.md §3, §5): a GPU and the Hub
+    "paper": dict(model="facebook/opt-125m", calib="c4", n_calib=256, seq_len=1024, epochs=10, batch_size=8,
+                  n_test=32, max_eval_windows=0, ppl=("wikitext2", "ptb", "c4"), zeroshot_limit=0),
+}
+
+
+def profile(name: str, **overrides) -> RunConfig:
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r}: use one of {', '.join(PROFILES)}")
+    return from_dict({**PROFILES[name], **overrides})
+
+
+def field_names() -> list[str]:
+    return [f.name for f in fields(RunConfig)]
+
