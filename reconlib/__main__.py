@@ -1,0 +1,135 @@
+"""Command line: `python -m reconlib eval | prune | zeroshot | summary | records`.
+
+`prune` takes one flag per RunConfig field (generated from the dataclass), so the CLI, the notebooks and
+the run records share one vocabulary.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import fields
+
+from .config import RunConfig, from_dict
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    for f in fields(RunConfig):
+        default = f.default
+        kind = type(default)
+        if kind is tuple:
+            parser.add_argument(f"--{f.name.replace('_', '-')}", default=",".join(default), metavar="A,B",
+                                help=f"comma-separated (default: {','.join(default) or 'none'})")
+        else:
+            parser.add_argument(f"--{f.name.replace('_', '-')}", type=str if kind is str else kind, default=default,
+                                help=f"(default: {default})")
+
+
+def _emit(payload: dict, as_json: bool) -> None:
+    if as_json:
+        json.dump(payload, sys.stdout)
+        sys.stdout.write("\n")
+    else:
+        for key, value in payload.items():
+            print(f"{key}: {value}")
+
+
+def cmd_eval(args) -> dict:
+    from . import data, evaluate, models
+
+    start = time.perf_counter()
+    model, tokenizer = models.load_model(args.model)
+    loaded = time.perf_counter() - start
+    bos = tokenizer.bos_token_id if models.needs_bos(model) else None
+    ppl, seconds = {}, {"load": loaded}
+    for name in [c for c in args.ppl.split(",") if c]:
+        start = time.perf_counter()
+        windows = data.eval_windows(name, tokenizer, args.seq_len, bos, args.max_windows)
+        ppl[name] = evaluate.perplexity(model, windows, args.batch_size)
+        seconds[name] = time.perf_counter() - start
+    return {"model": args.model, "seq_len": args.seq_len, "ppl": ppl, "seconds": seconds}
+
+
+def cmd_prune(args) -> dict:
+    from . import models, records
+
+    values = {f.name: getattr(args, f.name) for f in fields(RunConfig)}
+    config = from_dict(values)
+    if args.out:
+        record, model, tokenizer = records.run(config, keep_model=True)
+        models.save_pruned(model, tokenizer, args.out, config.to_dict())
+    else:
+        record = records.run(config)
+    keep = ("sparsity", "block_error", "final_error", "test_block_error", "test_final_error", "ppl", "zeroshot",
+            "peak_memory_mb", "key")
+    return {**{k: record[k] for k in keep}, "seconds": record["seconds"]["total"], "config": record["config"]}
+
+
+def cmd_zeroshot(args) -> dict:
+    from . import models
+    from .zeroshot import zero_shot
+
+    model, tokenizer = models.load_model(args.pruned or args.model)
+    tasks = [t for t in args.tasks.split(",") if t]
+    return zero_shot(model, tokenizer, tasks, limit=args.limit, batch_size=args.batch_size)
+
+
+def cmd_report(args) -> dict:
+    from . import report
+
+    text = report.summary_markdown() if args.command == "summary" else report.records_markdown()
+    if args.out:
+        from pathlib import Path
+
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text)
+    else:
+        print(text)
+    return {}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m reconlib", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("eval", help="perplexity of a model (dense, or a saved pruned folder)")
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--ppl", default="wikitext2,ptb")
+    p.add_argument("--seq-len", type=int, default=512)
+    p.add_argument("--max-windows", type=int, default=0, help="0 = the whole test set")
+    p.add_argument("--batch-size", type=int, default=0, help="0 = automatic")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("prune", help="prune and reconstruct a model; one flag per RunConfig field")
+    _add_config_flags(p)
+    p.add_argument("--out", help="save the pruned model (HF folder) here")
+    p.set_defaults(func=cmd_prune)
+
+    p = sub.add_parser("zeroshot", help="zero-shot accuracy (lm-evaluation-harness definitions)")
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--pruned", help="a folder written by `prune --out`")
+    p.add_argument("--tasks", default="boolq,rte,hellaswag,winogrande,arc_easy,arc_challenge,openbookqa")
+    p.add_argument("--limit", type=int, default=None, help="first K items of each task")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.set_defaults(func=cmd_zeroshot)
+
+    for name in ("summary", "records"):
+        p = sub.add_parser(name, help=f"markdown {name} table from the run records (for the book)")
+        p.add_argument("--out")
+        p.set_defaults(func=cmd_report)
+
+    for p in sub.choices.values():
+        p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    args = parser.parse_args(argv)
+    try:
+        payload = args.func(args)
+    except (ValueError, FileNotFoundError, OSError) as e:
+        parser.exit(2, f"error: {e}\n")
+    if payload:
+        _emit(payload, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""Pruning criteria (method.md §2): magnitude and Wanda scores, mask selection, and the input statistics
+that Wanda and SparseGPT need, gathered by forward hooks on the sparse stream.
+
+Masks are bool, True = kept. Pure functions: (W, stats) → mask.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def score(criterion: str, W: torch.Tensor, col_sq: torch.Tensor | None = None) -> torch.Tensor:
+    """Magnitude |W|; Wanda |W_ij| · ‖X_j‖₂ with ‖X_j‖₂² = col_sq[j] summed over calibration tokens."""
+    if criterion == "magnitude":
+        return W.abs()
+    if criterion == "wanda":
+        return W.abs() * col_sq.sqrt().to(W.dtype)[None, :]
+    raise ValueError(f"no score for criterion {criterion!r}: use magnitude or wanda (sparsegpt solves, see sparsegpt.py)")
+
+
+def check_group(W: torch.Tensor, group: int, name: str = "layer") -> None:
+    if W.shape[1] % group:
+        raise ValueError(f"N:M with M={group} does not divide the input width {W.shape[1]} of {name}: "
+                         f"choose an M that divides {W.shape[1]}")
+
+
+def select(S: torch.Tensor, ratio: float, n_keep: int = 0, group: int = 0, per_row: bool = False) -> torch.Tensor:
+    """Keep the highest scores. Unstructured: prune int(ratio · size) of the whole matrix, or of each row
+    when per_row (Wanda). N:M: keep the n_keep highest of every `group` consecutive input columns."""
+    rows, cols = S.shape
+    if group:
+        check_group(S, group)
+        keep = S.view(rows, cols // group, group).topk(n_keep, dim=-1).indices  # (rows, cols/M, N)
+        mask = torch.zeros(rows, cols // group, group, dtype=torch.bool, device=S.device)
+        return mask.scatter_(-1, keep, True).view(rows, cols)
+    mask = torch.ones_like(S, dtype=torch.bool)
+    if per_row:
+        drop = S.topk(int(cols * ratio), dim=1, largest=False).indices  # (rows, k)
+        return mask.scatter_(1, drop, False)
+    drop = S.flatten().topk(int(S.numel() * ratio), largest=False).indices
+    return mask.view(-1).index_fill_(0, drop, False).view(rows, cols)
+
+
+class Stats:
+    """Per-layer input statistics of one block, from hooks, over sparse-stream calibration tokens.
+
+    col_sq[name]: Σ_t x_tj² (Wanda's ‖X_j‖₂²). XtX[name]: Σ_t x_t x_tᵀ (SparseGPT's H = 2 XᵀX / n).
+    Layers fed the same tensor (q/k/v, gate/up) share one accumulator: it is computed once.
+    """
+
+    def __init__(self, layers: dict[str, nn.Linear], hessian: bool):
+        self.layers, self.hessian = layers, hessian
+        self.col_sq, self.XtX, self.n = {}, {}, 0
+        self._inputs: dict[str, torch.Tensor] = {}
+        self._handles = [m.register_forward_hook(self._hook(name)) for name, m in layers.items()]
+
+    def _hook(self, name):
+        def hook(module, args, output):
+            self._inputs[name] = args[0].detach()
+        return hook
+
+    def flush(self) -> None:
+        """Fold the inputs of the last forward into the sums."""
+        seen: dict[tuple, str] = {}
+        for name, x in self._inputs.items():
+            ident = (x.data_ptr(), tuple(x.shape))
+            if ident in seen:  # same input tensor as an earlier layer: share its sums
+                first = seen[ident]
+                self.col_sq[name] = self.col_sq[first]
+                if self.hessian:
+                    self.XtX[name] = self.XtX[first]
+                continue
+            seen[ident] = name
+            X = x.reshape(-1, x.shape[-1]).float()  # (B·T, d_in)
+            if name not in self.col_sq:
+                self.col_sq[name] = torch.zeros(X.shape[1], device=X.device)
+                if self.hessian:
+                    self.XtX[name] = torch.zeros(X.shape[1], X.shape[1], device=X.device)
+            self.col_sq[name] += X.pow(2).sum(0)
+            if self.hessian:
+                self.XtX[name].addmm_(X.T, X)
+        self.n += next(iter(self._inputs.values())).shape[:-1].numel() if self._inputs else 0
+        self._inputs.clear()
+
+    def H(self, name: str) -> torch.Tensor:
+        return 2 * self.XtX[name] / self.n
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()

@@ -1,0 +1,217 @@
+"""The reconstruction engine (method.md §3): one driver for LR, BR, BR+GP and BR+GP+CR.
+
+A scheme is a schedule of units (one block, or two adjacent blocks for CR) plus a choice of target:
+- every block gets its masks from the criterion, on sparse-stream statistics, just before its first unit;
+- LR stops there (epochs = 0); BR trains the unit's blocks by Adam towards g(w̄; x_sparse), BR+GP
+  towards g(w̄; x_dense), the true dense activation at that depth;
+- the streams advance one block at a time, always to the input of the next unit's first block, and the
+  block's normalized error is recorded as they pass it.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import resource
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from . import arch, criteria, sparsegpt
+from .config import RunConfig
+from .streams import Streams, on, run
+
+
+@dataclass
+class Result:
+    block_error: list[float]                    # calibration error after each block (method.md §4)
+    test_block_error: dict[str, list[float]]    # the same on held-out windows, per test set
+    layer_sparsity: dict[str, float]            # "i.name" → achieved fraction of zeros
+    sparsity: float                             # over all pruned layers
+    unit_loss: list[float]                      # last-epoch training loss per unit (empty for LR)
+    seconds: float
+    peak_memory_mb: float
+    masks: dict = field(default_factory=dict, repr=False)  # i → {name: bool mask (True = kept)}
+
+    @property
+    def final_error(self) -> float:
+        return self.block_error[-1]
+
+
+def schedule(scheme: str, L: int) -> list[tuple[int, ...]]:
+    """Units in order. CR: L+1 windows {0}, {0,1}, …, {L-2, L-1}, {L-1} (method.md §3)."""
+    if scheme != "br+gp+cr":
+        return [(i,) for i in range(L)]
+    if L < 2:
+        raise ValueError(f"cross-block reconstruction (br+gp+cr) needs at least two blocks, the model has {L}: "
+                         "use br+gp")
+    return [(0,)] + [(t, t + 1) for t in range(L - 1)] + [(L - 1,)]
+
+
+def device_of(config: RunConfig) -> tuple[torch.device, torch.dtype | None]:
+    name = config.device
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    amp = None if device.type == "cpu" else getattr(torch, "bfloat16" if config.dtype == "auto" else config.dtype)
+    return device, amp
+
+
+def choose_masks(block, x_in: torch.Tensor, kwargs: dict, config: RunConfig, device) -> dict[str, torch.Tensor]:
+    """Masks for every linear of one block (on `device`), from its sparse-stream inputs x_in (method.md §2).
+    Wanda and magnitude zero the pruned weights; SparseGPT also updates the survivors."""
+    ratio, n_keep, group = config.pattern
+    layers = arch.linears(block)
+    stats = None
+    if config.criterion != "magnitude":
+        stats = criteria.Stats(layers, hessian=config.criterion == "sparsegpt")
+        kw = arch.to(kwargs, device)
+        with torch.no_grad():
+            for start in range(0, x_in.shape[0], config.batch_size):
+                arch.run_block(block, x_in[start:start + config.batch_size].to(device), kw)
+                stats.flush()
+        stats.remove()
+    masks = {}
+    for name, layer in layers.items():
+        W = layer.weight.data
+        if config.criterion == "sparsegpt":
+            W_new, mask, _ = sparsegpt.solve(W, stats.H(name), ratio, n_keep, group)
+            layer.weight.data = W_new.to(W.dtype)
+        else:
+            col_sq = stats.col_sq[name] if stats else None
+            S = criteria.score(config.criterion, W.float(), col_sq)
+            mask = criteria.select(S, ratio, n_keep, group, per_row=config.criterion == "wanda")
+            layer.weight.data *= mask
+        masks[name] = mask
+    return masks
+
+
+def train(unit_blocks, masks: list[dict], x_sparse, target, kwargs: list[dict], config: RunConfig, device, amp,
+          seed: int) -> float:
+    """Adam on every parameter of the unit's blocks towards `target`, the forward using m ⊙ w.
+
+    Masking the gradient is the same as differentiating through m ⊙ w; Adam then never moves a pruned
+    entry (zero gradient, zero moments, zero step), so pruned weights stay exactly zero. method.md §3:
+    lr decays linearly to 0, betas (0.9, 0.95), no weight decay, no clipping, reshuffle every epoch.
+    """
+    params = [p for b in unit_blocks for p in b.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    handles = []
+    for block, block_masks in zip(unit_blocks, masks):
+        for name, layer in arch.linears(block).items():
+            m = block_masks[name].to(device)
+            handles.append(layer.weight.register_hook(lambda g, m=m: g * m))
+    opt = torch.optim.Adam(params, lr=config.lr, betas=(0.9, 0.95), weight_decay=0.0)
+    n, bs = x_sparse.shape[0], config.batch_size
+    total = config.train_epochs * math.ceil(n / bs)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1 - step / total)
+    gen = torch.Generator().manual_seed(seed)
+    kwargs = [arch.to(kw, device) for kw in kwargs]
+    try:
+        for _ in range(config.train_epochs):
+            perm, epoch_loss = torch.randperm(n, generator=gen), 0.0
+            for start in range(0, n, bs):
+                idx = perm[start:start + bs]
+                h, y_dense = x_sparse[idx].to(device), target[idx].to(device)
+                with torch.autocast("cuda", dtype=amp) if amp else torch.enable_grad():
+                    for block, kw in zip(unit_blocks, kwargs):
+                        h = arch.run_block(block, h, kw)
+                loss = F.mse_loss(h.float(), y_dense)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                epoch_loss += loss.item() * len(idx)
+    finally:
+        for h in handles:
+            h.remove()
+        for p in params:
+            p.requires_grad_(False)
+    with torch.no_grad():
+        for block, block_masks in zip(unit_blocks, masks):
+            for name, layer in arch.linears(block).items():
+                layer.weight.mul_(block_masks[name].to(device))
+    return epoch_loss / n
+
+
+def prune(model, config: RunConfig, calib: torch.Tensor, test: dict[str, torch.Tensor] | None = None,
+          extra: torch.Tensor | None = None, progress: bool = True) -> Result:
+    """Prune and reconstruct `model` in place, block by block (method.md §1–4).
+
+    calib: (n, T) real calibration windows; they alone feed the mask statistics and the reported error.
+    extra: (k, T) self-generated windows, added to the real ones for reconstruction only (method.md §5).
+    test: {name: (W, T)} held-out windows, propagated through both models for the test error.
+    """
+    start_time = time.perf_counter()
+    device, amp = device_of(config)
+    layers = arch.blocks(model)
+    L = len(layers)
+    units = schedule(config.recon, L)
+    _, _, group = config.pattern
+    if group:
+        for i, block in enumerate(layers):
+            for name, layer in arch.linears(block).items():
+                criteria.check_group(layer.weight, group, f"block {i} {name}")
+    model.requires_grad_(False)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    n_real = calib.shape[0]
+    ids = calib if extra is None or len(extra) == 0 else torch.cat([calib, extra])
+    x, kwargs = arch.capture(model, ids, config.batch_size)
+    calib_streams = Streams(x, x)  # x_0 = x̄_0
+    test_streams = {name: Streams(*(arch.capture(model, w, config.batch_size)[0],) * 2)
+                    for name, w in (test or {}).items()}
+    result = Result([], {name: [] for name in test_streams}, {}, 0.0, [], 0.0, 0.0)
+    dense = {}  # i → w̄_i, a copy kept until the streams pass block i
+    pos = 0     # the streams hold the inputs of block `pos`
+
+    def advance():
+        nonlocal pos
+        block_dense = dense.pop(pos)
+        args = (layers[pos], block_dense, kwargs[pos], device, config.batch_size, amp)
+        result.block_error.append(calib_streams.advance(*args, n_error=n_real))
+        for name, s in test_streams.items():
+            result.test_block_error[name].append(s.advance(*args))
+        pos += 1
+
+    bar = tqdm(units, desc=f"{config.criterion} {config.sparsity} {config.recon}", disable=not progress)
+    for t, unit in enumerate(bar):
+        while pos < unit[0]:
+            advance()
+        unit_blocks = [layers[i] for i in unit]
+        with on(device, *unit_blocks):
+            for j, i in enumerate(unit):
+                if i in result.masks:
+                    continue
+                dense[i] = copy.deepcopy(layers[i])
+                # the sparse-stream input of block i: through the unit's earlier (already pruned) blocks
+                x_in = run(unit_blocks[:j], calib_streams.x_sparse[:n_real], [kwargs[k] for k in unit[:j]],
+                           device, config.batch_size, amp)
+                result.masks[i] = choose_masks(layers[i], x_in, kwargs[i], config, device)
+            if config.train_epochs:
+                source = calib_streams.x_dense if "gp" in config.recon else calib_streams.x_sparse
+                with on(device, *(dense[i] for i in unit)):
+                    target = run([dense[i] for i in unit], source, [kwargs[i] for i in unit], device,
+                                 config.batch_size, amp)
+                loss = train(unit_blocks, [result.masks[i] for i in unit], calib_streams.x_sparse, target,
+                             [kwargs[i] for i in unit], config, device, amp, seed=config.seed * 100003 + t)
+                result.unit_loss.append(loss)
+                bar.set_postfix(loss=f"{loss:.3g}")
+    while pos < L:
+        advance()
+
+    zeros = total = 0
+    for i, block in enumerate(layers):
+        for name, layer in arch.linears(block).items():
+            z = (layer.weight == 0).sum().item()
+            result.layer_sparsity[f"{i}.{name}"] = z / layer.weight.numel()
+            zeros, total = zeros + z, total + layer.weight.numel()
+    result.sparsity = zeros / total
+    result.masks = {i: {k: v.cpu() for k, v in m.items()} for i, m in result.masks.items()}
+    result.seconds = time.perf_counter() - start_time
+    result.peak_memory_mb = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
+                             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**20
+    return result
