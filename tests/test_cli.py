@@ -1,0 +1,51 @@
+import json
+
+import pytest
+
+from reconlib.__main__ import main
+
+
+def run_cli(capsys, *argv):
+    code = main(list(argv))
+    return code, capsys.readouterr()
+
+
+def test_eval_prints_json(capsys):
+    code, out = run_cli(capsys, "eval", "--model", "tiny-llama", "--ppl", "wikitext2,ptb", "--seq-len", "32",
+                        "--max-windows", "2", "--json")
+    payload = json.loads(out.out)
+    assert code == 0 and set(payload["ppl"]) == {"wikitext2", "ptb"}
+    assert all(v > 1 for v in payload["ppl"].values())
+
+
+def test_prune_json_has_the_documented_fields(capsys, tmp_path):
+    code, out = run_cli(capsys, "prune", "--model", "tiny-opt", "--criterion", "wanda", "--sparsity", "2:4",
+                        "--n-calib", "4", "--seq-len", "32", "--batch-size", "2", "--ppl", "wikitext2",
+                        "--max-eval-windows", "2", "--n-test", "2", "--out", str(tmp_path / "pruned"), "--json")
+    payload = json.loads(out.out)
+    assert payload["sparsity"] == pytest.approx(0.5)
+    assert len(payload["block_error"]) == 3 and payload["final_error"] == payload["block_error"][-1]
+    assert len(payload["test_block_error"]["wikitext2"]) == 3 and payload["seconds"] > 0
+    assert (tmp_path / "pruned" / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--sparsity", "1.5"], "sparsity must lie in (0, 1)"),
+    (["--sparsity", "2:5"], "M=5 does not divide"),
+    (["--criterion", "obs"], "unknown criterion 'obs'"),
+    (["--model", "nonexistent-model"], "unknown model"),
+    (["--recon", "br+gp+cr", "--epochs", "-1"], "epochs must be an integer ≥ 0"),
+])
+def test_bad_input_exits_with_a_message_and_writes_nothing(capsys, argv, words, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["prune", "--model", "tiny-llama", "--n-calib", "4", "--seq-len", "32", "--batch-size", "2",
+              "--out", str(tmp_path / "out"), *argv])
+    assert exit_info.value.code == 2
+    assert words in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_embedded_model_perplexity_is_plausible(capsys):
+    code, out = run_cli(capsys, "eval", "--model", "smollm2-135m", "--ppl", "wikitext2", "--seq-len", "256",
+                        "--max-windows", "2", "--json")
+    assert 10 < json.loads(out.out)["ppl"]["wikitext2"] < 60

@@ -1,0 +1,55 @@
+import pytest
+import torch
+
+from reconlib import data
+
+
+@pytest.fixture(scope="module")
+def tokenizer(smollm):
+    return smollm[1]
+
+
+def test_eval_windows_are_the_joined_text_cut_without_overlap(tokenizer):
+    w = data.eval_windows("wikitext2", tokenizer, 128, max_windows=3)
+    assert w.shape == (3, 128)
+    text = "".join(data.documents("wikitext2", "test"))
+    assert text.lstrip("\n").startswith(" = Robert Boulter = ")
+    stream = tokenizer(text[:5000], add_special_tokens=False).input_ids
+    assert w.flatten()[:300].tolist() == stream[:300]
+
+
+def test_bos_is_prepended_to_every_window(tokenizer):
+    w = data.eval_windows("ptb", tokenizer, 64, bos=7, max_windows=4)
+    assert (w[:, 0] == 7).all() and w.shape == (4, 64)
+    plain = data.eval_windows("ptb", tokenizer, 63, max_windows=4)
+    assert torch.equal(w[:, 1:], plain)
+
+
+def test_calibration_windows_are_seeded_random_and_held_out(tokenizer):
+    a = data.calibration_set("boolq-passages", tokenizer, 4, 64, seed=0)
+    b = data.calibration_set("boolq-passages", tokenizer, 4, 64, seed=0)
+    c = data.calibration_set("boolq-passages", tokenizer, 4, 64, seed=1)
+    assert a.shape == (4, 64) and torch.equal(a, b) and not torch.equal(a, c)
+    train, test = data.documents("boolq-passages", "train"), data.documents("boolq-passages", "test")
+    assert not set(train) & set(test) and len(test) > 100
+
+
+@pytest.mark.parametrize("n, seq_len, words", [(0, 64, "positive integer"), (4, 0, "seq_len")])
+def test_bad_sizes(tokenizer, n, seq_len, words):
+    with pytest.raises(ValueError, match=words):
+        data.calibration_set("boolq-passages", tokenizer, n, seq_len)
+
+
+def test_missing_corpus_names_the_file_and_the_setting(tokenizer, monkeypatch, tmp_path):
+    monkeypatch.setenv("RECONLIB_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(data, "_hub", lambda *a, **k: (_ for _ in ()).throw(FileNotFoundError("offline")))
+    data.documents.cache_clear(), data._stream.cache_clear()
+    try:
+        with pytest.raises(FileNotFoundError, match=r"'ptb' \(test\) is not available offline.*ptb/ptb.test.txt.*"
+                                                    r"RECONLIB_DATA_DIR"):
+            data.eval_windows("ptb", tokenizer, 64)
+    finally:
+        data.documents.cache_clear(), data._stream.cache_clear()
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        data.documents("/nonexistent/corpus.txt")

@@ -1,0 +1,54 @@
+import pytest
+import torch
+
+from reconlib import arch, models, reconstruct
+from reconlib.config import RunConfig
+
+
+def test_unknown_model_lists_the_known_ones():
+    with pytest.raises(ValueError, match=r"unknown model 'smollm9'.*gemma3-270m.*smollm2-135m"):
+        models.load_model("smollm9")
+
+
+def test_missing_and_unreadable_gguf_are_clear_errors(tmp_path, monkeypatch):
+    monkeypatch.setenv("RECONLIB_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(FileNotFoundError, match="GGUF file .*nope.gguf does not exist"):
+        models.load_model(str(tmp_path / "nope.gguf"))
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"not a gguf at all")
+    with pytest.raises(ValueError, match="cannot read GGUF file .*broken.gguf"):
+        models.load_model(str(bad))
+    assert not list((tmp_path / "cache" / "models").glob("broken*"))  # no half-written cache
+
+
+def test_tiny_families_build(tiny):
+    family, model = tiny
+    assert len(arch.blocks(model)) == 3
+    assert model.config.model_type.startswith({"llama": "llama", "opt": "opt", "gemma3": "gemma3"}[family])
+
+
+def test_saved_pruned_model_reloads_with_the_same_logits_and_masks(tmp_path, windows):
+    from transformers import AutoModelForCausalLM
+
+    model = models.tiny_model("opt")
+    calib, test = windows
+    result = reconstruct.prune(model, RunConfig(model="tiny", criterion="sparsegpt", n_calib=8, seq_len=32,
+                                                batch_size=4, device="cpu"), calib, progress=False)
+    folder = models.save_pruned(model, None, tmp_path / "pruned", {"criterion": "sparsegpt"})
+    assert (folder / "reconlib_config.json").exists() and (folder / "model.safetensors").exists()
+    reloaded = AutoModelForCausalLM.from_pretrained(folder).eval()
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=test).logits, reloaded(input_ids=test).logits)
+    for i, block in enumerate(arch.blocks(reloaded)):
+        for name, layer in arch.linears(block).items():
+            assert torch.equal(layer.weight != 0, result.masks[i][name])
+
+
+def test_embedded_model_loads_from_the_cache_and_predicts(smollm):
+    model, tokenizer = smollm
+    assert model.config.model_type == "llama" and len(arch.blocks(model)) == 30
+    ids = tokenizer("The capital of France is", return_tensors="pt").input_ids
+    with torch.no_grad():
+        next_token = model(input_ids=ids).logits[0, -1].argmax()
+    assert tokenizer.decode(next_token).strip() == "Paris"
+    assert not models.needs_bos(model)

@@ -1,0 +1,53 @@
+import json
+
+import pytest
+
+from reconlib import records, reconstruct
+from reconlib.config import profile
+
+
+def smoke(**kw):
+    return profile("smoke", **{"recon": "br", **kw})
+
+
+def test_run_writes_a_record_and_reuses_it(monkeypatch):
+    config = smoke()
+    record = records.run(config, progress=False)
+    file = records.path(config)
+    assert file.is_file() and json.loads(file.read_text())["key"] == config.key()
+    assert record["sparsity"] == pytest.approx(0.5)
+    assert len(record["block_error"]) == 3 and record["final_error"] == record["block_error"][-1]
+    assert set(record["ppl"]) == {"wikitext2"} and record["ppl"]["wikitext2"] > 1
+    assert record["versions"]["torch"] and "machine" in record
+    monkeypatch.setattr(reconstruct, "prune", lambda *a, **k: pytest.fail("a finished run was recomputed"))
+    assert records.run(config, progress=False) == record
+
+
+def test_an_interrupted_run_leaves_no_record(monkeypatch):
+    config = smoke(seed=3)
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(records.evaluate, "perplexity", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        records.run(config, progress=False)
+    assert not records.path(config).exists()
+    assert not list(records.results_dir().glob("*.part"))
+
+
+def test_write_is_atomic_when_serialisation_fails(tmp_path):
+    file = tmp_path / "r.json"
+    records.write(file, {"a": 1})
+    with pytest.raises(TypeError):
+        records.write(file, {"a": object()})
+    assert json.loads(file.read_text()) == {"a": 1}
+    assert list(tmp_path.iterdir()) == [file]
+
+
+def test_dense_record_is_keyed_by_evaluation_settings_only():
+    a, b = smoke(criterion="wanda"), smoke(criterion="magnitude", recon="lr")
+    assert records.dense_path(a) == records.dense_path(b)
+    assert records.dense_path(a) != records.dense_path(smoke(seq_len=16))
+    record = records.dense(a)
+    assert record["ppl"]["wikitext2"] > 1 and records.dense_path(a).is_file()
