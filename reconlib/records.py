@@ -124,8 +124,9 @@ def run(config: RunConfig, progress: bool = True, keep_model: bool = False):
     if config.self_gen:
         from .selfgen import self_generated
 
+        # texts twice the window, as the paper cuts 1024-token windows from texts of up to 2048 tokens
         extra = self_generated(model, tokenizer, config.self_gen, config.seq_len, seed=config.seed,
-                               model_name=config.model)
+                               text_len=2 * config.seq_len, model_name=config.model)
     result = reconstruct.prune(model, config, calib, test, extra, progress=progress)
     device = reconstruct.device_of(config)[0]
     ppl, zs, seconds = _evaluate(model, tokenizer, config, bos, device)

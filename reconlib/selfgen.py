@@ -81,7 +81,7 @@ def generate_texts(model, tokenizer, n, text_len=2048, seed=0, batch_size=16, pr
     """`n` self-generated texts as token id lists, without BOS or the stop token (method.md §5).
 
     Texts shorter than `min_len` tokens are dropped and redrawn. `is_english(str) -> bool` filters the
-    5-token prefixes; tests inject their own because random models never write English.
+    5-token prefixes; tests inject their own so as not to depend on langid's verdict on random tokens.
     """
     if n < 0:
         raise ValueError(f"n must be a number of texts >= 0, got {n}")
@@ -106,11 +106,11 @@ def generate_texts(model, tokenizer, n, text_len=2048, seed=0, batch_size=16, pr
     texts, prefixes, drawn = [], [], 0
     bar = tqdm(total=n, desc="self-generating", unit="text", disable=not progress)
     while len(texts) < n:
-        if drawn > 1000 * n + 10_000:  # a guard against an endless loop, not a tuning knob
-            raise RuntimeError(f"only {len(texts)} of {n} texts after {drawn} first-token draws: does the model "
-                               "write English, and do its texts reach min_len before EOS?")
         rows = min(batch_size, n - len(texts))
         while len(prefixes) < rows:  # greedy prefixes, batched; rejected ones are simply dropped
+            if drawn > 1000 * n + 10_000:  # a guard against an endless loop, not a tuning knob
+                raise RuntimeError(f"only {len(texts)} of {n} texts after {drawn} first-token draws: does the "
+                                   "model write English, and do its texts reach min_len before EOS?")
             first = candidates[torch.randint(len(candidates), (batch_size, 1), generator=generator, device=device)]
             ids = torch.tensor([bos + t for t in first.tolist()], device=device)  # (B, len(bos) + 1)
             greedy = _extend(model, ids, PREFIX - 1, n_vocab)  # (B, 4)
@@ -179,7 +179,7 @@ def self_generated(model, tokenizer, n, seq_len, seed=0, text_len=2048, cache=Tr
         texts = generate_texts(model, tokenizer, n, text_len, seed, min_len=length, is_english=is_english)
         texts = [torch.tensor(t, dtype=torch.long) for t in texts]
         if cache:  # texts first: the .pt file's presence means both are complete
-            record = {"n": n, "seq_len": seq_len, "text_len": text_len, "seed": seed,
+            record = {"model": key[0], "n": n, "seq_len": seq_len, "text_len": text_len, "seed": seed,
                       "texts": tokenizer.batch_decode([t.tolist() for t in texts])}
             _write_atomic(_path(*key, ".json"), lambda f: Path(f).write_text(json.dumps(record)))
             saved = {"tokens": torch.cat(texts), "lengths": torch.tensor([len(t) for t in texts])}
@@ -196,5 +196,5 @@ def load_texts(model_name, n, seq_len, seed=0, text_len=2048) -> list[str]:
     """The decoded texts behind `self_generated(model, tokenizer, n, seq_len, seed, text_len)`, to show."""
     path = _path(model_name, n, seq_len, seed, text_len, ".json")
     if not path.exists():
-        raise FileNotFoundError(f"no self-generated texts at {path}: run self_generated(...) with these arguments first")
+        raise FileNotFoundError(f"no self-generated texts at {path}: run self_generated with these arguments first")
     return json.loads(path.read_text())["texts"]

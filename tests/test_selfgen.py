@@ -1,7 +1,7 @@
 """Self-generated calibration text (method.md §5) on tiny random models of each family.
 
-Random models never write English, so these tests inject `is_english`; the real check is tested on
-real sentences.
+Whether langid calls a random model's prefix English is luck, so these tests inject `is_english`; the
+real check is tested on real sentences.
 """
 import pytest
 import torch
