@@ -78,7 +78,7 @@ def cmd_zeroshot(args) -> dict:
 def cmd_report(args) -> dict:
     from . import report
 
-    text = report.summary_markdown() if args.command == "summary" else report.records_markdown()
+    text = report.summary_markdown(args.profile) if args.command == "summary" else report.records_markdown()
     if args.out:
         from pathlib import Path
 
@@ -117,6 +117,7 @@ def main(argv=None) -> int:
     for name in ("summary", "records"):
         p = sub.add_parser(name, help=f"markdown {name} table from the run records (for the book)")
         p.add_argument("--out")
+        p.add_argument("--profile", default="cpu")
         p.set_defaults(func=cmd_report)
 
     for p in sub.choices.values():

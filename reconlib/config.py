@@ -131,22 +131,40 @@ def from_dict(values: dict) -> RunConfig:
 PROFILES = {
     # tiny random model: seconds per notebook, for tests
     "smoke": dict(model="tiny-llama", n_calib=4, seq_len=32, epochs=1, batch_size=2, n_test=2,
-                  max_eval_windows=2, ppl=("wikitext2",), zeroshot_limit=4),
+                  test_error=("wikitext2", "ptb", "boolq-passages"), max_eval_windows=2, ppl=("wikitext2",)),
     # the embedded SmolLM2-135M on 2 CPU cores: the whole book in about 30 minutes
-    "cpu": dict(model="smollm2-135m", n_calib=16, seq_len=256, epochs=2, batch_size=4, n_test=8,
-                max_eval_windows=16, ppl=("wikitext2", "ptb"), zeroshot_limit=100),
+    "cpu": dict(model="smollm2-135m", n_calib=16, seq_len=256, epochs=2, batch_size=4, n_test=4,
+                test_error=("wikitext2", "ptb", "boolq-passages"), max_eval_windows=16, ppl=("wikitext2", "ptb")),
     # the paper's setting (method.md §3, §5): a GPU and the Hub
     "paper": dict(model="facebook/opt-125m", calib="c4", n_calib=256, seq_len=1024, epochs=10, batch_size=8,
-                  n_test=32, max_eval_windows=0, ppl=("wikitext2", "ptb", "c4"), zeroshot_limit=0),
+                  n_test=32, test_error=("wikitext2", "ptb", "c4"), max_eval_windows=0, ppl=("wikitext2", "ptb", "c4")),
 }
 
 
 def profile(name: str, **overrides) -> RunConfig:
+    """The profile's config with overrides on top; an override of None keeps the profile's value."""
     if name not in PROFILES:
         raise ValueError(f"unknown profile {name!r}: use one of {', '.join(PROFILES)}")
-    return from_dict({**PROFILES[name], **overrides})
+    return from_dict({**PROFILES[name], **{k: v for k, v in overrides.items() if v is not None}})
 
 
 def field_names() -> list[str]:
     return [f.name for f in fields(RunConfig)]
 
+
+
+def from_namespace(namespace: dict) -> RunConfig:
+    """A notebook's parameters (papermill injects them as globals) → the profile's config with them on top.
+
+    Called first thing after the parameters cell, so every literal global is a parameter: a name that is
+    neither `profile` nor a RunConfig field is refused instead of silently ignored.
+    """
+    literal = (str, int, float, bool, tuple, list, type(None))
+    params = {k: v for k, v in namespace.items()
+              if not k.startswith("_") and k not in ("In", "Out") and isinstance(v, literal)}
+    name = params.pop("profile", "cpu")
+    unknown = sorted(set(params) - set(field_names()))
+    if unknown:
+        raise ValueError(f"unknown notebook parameter(s) {unknown}: use profile or RunConfig fields "
+                         f"({', '.join(field_names())})")
+    return profile(name, **params)

