@@ -52,15 +52,11 @@ def cmd_eval(args) -> dict:
 
 
 def cmd_prune(args) -> dict:
-    from . import models, records
+    from . import records
 
     values = {f.name: getattr(args, f.name) for f in fields(RunConfig)}
     config = from_dict(values)
-    if args.out:
-        record, model, tokenizer = records.run(config, keep_model=True)
-        models.save_pruned(model, tokenizer, args.out, config.to_dict())
-    else:
-        record = records.run(config)
+    record = records.run(config, out=args.out)
     keep = ("sparsity", "block_error", "final_error", "test_block_error", "test_final_error", "ppl", "zeroshot",
             "peak_memory_mb", "key")
     return {**{k: record[k] for k in keep}, "seconds": record["seconds"]["total"], "config": record["config"]}

@@ -107,13 +107,15 @@ def dense(config: RunConfig) -> dict:
     return record
 
 
-def run(config: RunConfig, progress: bool = True, keep_model: bool = False):
+def run(config: RunConfig, progress: bool = True, out: str | Path | None = None) -> dict:
     """The record of a pruning run: loaded when it exists, computed and written otherwise.
 
-    With keep_model the run is always computed and (record, model, tokenizer) is returned.
+    With `out`, the pruned model is also saved there (an HF folder, see models.save_pruned); a finished
+    run whose folder is missing is computed again, since only the run holds the model.
     """
     file = path(config)
-    if not keep_model and (record := read(file)) is not None:
+    saved = out is None or read(Path(out) / "reconlib_config.json") == config.to_dict()
+    if saved and (record := read(file)) is not None:
         return record
     started = time.perf_counter()
     model, tokenizer = models.load_model(config.model)
@@ -141,8 +143,10 @@ def run(config: RunConfig, progress: bool = True, keep_model: bool = False):
         "peak_memory_mb": result.peak_memory_mb, **environment(),
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
+    if out is not None:
+        models.save_pruned(model.cpu(), tokenizer, out, config.to_dict())
     write(file, record)
-    return (record, model.cpu(), tokenizer) if keep_model else record
+    return record
 
 
 def all_records() -> list[dict]:
