@@ -69,7 +69,8 @@ def environment() -> dict:
     }
 
 
-def _windows(model, tokenizer, config: RunConfig):
+def _bos(model, tokenizer, config: RunConfig) -> int | None:
+    """The BOS id every window starts with (Gemma), or None; refuses windows beyond the context."""
     context = getattr(model.config, "max_position_embeddings", None)
     if context and config.seq_len > context:
         raise ValueError(f"seq_len {config.seq_len} exceeds the context of {config.model} ({context} tokens)")
@@ -99,7 +100,7 @@ def dense(config: RunConfig) -> dict:
     if (record := read(file)) is not None:
         return record
     model, tokenizer = models.load_model(config.model)
-    bos = _windows(model, tokenizer, config)
+    bos = _bos(model, tokenizer, config)
     ppl, zs, seconds = _evaluate(model, tokenizer, config, bos, reconstruct.device_of(config)[0])
     record = {"config": {k: config.to_dict()[k] for k in DENSE_FIELDS}, "ppl": ppl, "zeroshot": zs,
               "seconds": seconds, **environment(), "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
@@ -119,7 +120,7 @@ def run(config: RunConfig, progress: bool = True, out: str | Path | None = None)
         return record
     started = time.perf_counter()
     model, tokenizer = models.load_model(config.model)
-    bos = _windows(model, tokenizer, config)
+    bos = _bos(model, tokenizer, config)
     calib = data.calibration_set(config.calib, tokenizer, config.n_calib, config.seq_len, config.seed, bos)
     test = {name: data.eval_windows(name, tokenizer, config.seq_len, bos, config.n_test) for name in config.test_error}
     extra = None
