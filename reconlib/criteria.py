@@ -33,12 +33,23 @@ def select(S: torch.Tensor, ratio: float, n_keep: int = 0, group: int = 0, per_r
         keep = S.view(rows, cols // group, group).topk(n_keep, dim=-1).indices  # (rows, cols/M, N)
         mask = torch.zeros(rows, cols // group, group, dtype=torch.bool, device=S.device)
         return mask.scatter_(-1, keep, True).view(rows, cols)
-    mask = torch.ones_like(S, dtype=torch.bool)
     if per_row:
-        drop = S.topk(int(cols * ratio), dim=1, largest=False).indices  # (rows, k)
-        return mask.scatter_(1, drop, False)
-    drop = S.flatten().topk(int(S.numel() * ratio), largest=False).indices
-    return mask.view(-1).index_fill_(0, drop, False).view(rows, cols)
+        return ~lowest(S, int(cols * ratio))
+    return ~lowest(S.view(1, -1), int(S.numel() * ratio)).view(rows, cols)
+
+
+def lowest(S: torch.Tensor, k: int) -> torch.Tensor:
+    """Exactly the k lowest entries of each row of S (rows, n), ties broken by position.
+
+    A selection (kthvalue) plus a tie fix-up instead of topk, which sorts: ~7× faster at k = n/2 on a
+    SmolLM2 matrix, and the count stays exact when many scores tie (zeros from dead inputs).
+    """
+    if k == 0:
+        return torch.zeros_like(S, dtype=torch.bool)
+    v = S.kthvalue(k, dim=1, keepdim=True).values
+    low, tie = S < v, S == v
+    need = k - low.sum(1, keepdim=True)
+    return low | (tie & (tie.cumsum(1) <= need))
 
 
 class Stats:

@@ -10,6 +10,8 @@ import logging
 
 import torch
 
+from .criteria import lowest
+
 log = logging.getLogger(__name__)
 
 
@@ -59,30 +61,29 @@ def solve(W: torch.Tensor, H: torch.Tensor, ratio: float, n_keep: int = 0, group
     mask = torch.ones_like(W, dtype=torch.bool)
     losses = torch.zeros(d_out, device=W.device)
 
+    # Columns of W are rows here (W1 is a transposed block), so the per-column sweep touches contiguous
+    # memory and costs two kernels a column: err = (w · pruned) / [H⁻¹]_ii, then a rank-1 update.
     for i1 in range(0, d_in, blocksize):
         i2 = min(i1 + blocksize, d_in)
-        W1 = W[:, i1:i2].clone()
-        Q1 = torch.zeros_like(W1)
-        Err1 = torch.zeros_like(W1)
         Hinv1 = H_inv[i1:i2, i1:i2]
-        m1 = torch.ones_like(W1, dtype=torch.bool)
-        if not group:
-            S = W1**2 / torch.diag(Hinv1)[None, :] ** 2  # (d_out, width)
-            drop = S.flatten().topk(int(S.numel() * ratio), largest=False).indices
-            m1.view(-1)[drop] = False
+        d = torch.diag(Hinv1)[:, None]                      # (width, 1)
+        W1 = W[:, i1:i2].T.contiguous()                     # (width, d_out)
+        Err1 = torch.zeros_like(W1)
+        if group:
+            m1 = torch.ones_like(W1, dtype=torch.bool)
+            scale = torch.zeros_like(W1)
+        else:
+            m1 = ~lowest((W1 / d).pow(2).view(1, -1), int(W1.numel() * ratio)).view_as(W1)
+            scale = (~m1) / d                               # 1/[H⁻¹]_ii where pruned, else 0
         for i in range(i2 - i1):
             if group and i % group == 0:
-                S = W1[:, i:i + group] ** 2 / torch.diag(Hinv1)[i:i + group][None, :] ** 2  # (d_out, M)
-                drop = S.topk(group - n_keep, dim=1, largest=False).indices
-                m1[:, i:i + group].scatter_(1, drop, False)
-            w, d = W1[:, i], Hinv1[i, i]
-            q = w * m1[:, i]
-            Q1[:, i] = q
-            losses += (w - q) ** 2 / d**2
-            err = (w - q) / d
-            W1[:, i:] -= err[:, None] * Hinv1[i, i:][None, :]
-            Err1[:, i] = err
-        W[:, i1:i2] = Q1
-        mask[:, i1:i2] = m1
-        W[:, i2:] -= Err1 @ H_inv[i1:i2, i2:]
+                S = (W1[i:i + group] / d[i:i + group]).pow(2)   # (M, d_out), from the weights as updated so far
+                m1[i:i + group].scatter_(0, S.topk(group - n_keep, dim=0, largest=False).indices, False)
+                scale[i:i + group] = (~m1[i:i + group]) / d[i:i + group]
+            torch.mul(W1[i], scale[i], out=Err1[i])
+            W1[i:].addr_(Hinv1[i, i:], Err1[i], alpha=-1)  # OBS: spread the error over the later columns
+        losses += Err1.pow(2).sum(0)
+        W[:, i1:i2] = (W1 * m1).T  # exact zeros: w − [H⁻¹]_ii · w/[H⁻¹]_ii can leave a rounding residue
+        mask[:, i1:i2] = m1.T
+        W[:, i2:].addmm_(Err1.T, H_inv[i1:i2, i2:], alpha=-1)
     return W, mask, losses.sum().item() / 2

@@ -58,3 +58,16 @@ def test_stats_share_one_accumulator_for_layers_fed_the_same_input():
     assert torch.allclose(stats.col_sq["q"], flat.pow(2).sum(0))
     assert torch.allclose(stats.H("k"), 2 * flat.T @ flat / 15, atol=1e-5)
     assert stats.XtX["q"] is stats.XtX["k"]
+
+
+@pytest.mark.parametrize("per_row", [False, True])
+def test_ties_still_give_the_exact_count(per_row):
+    W, _ = W_and_norms()
+    W[:, ::3] = 0  # dead input columns: a third of the scores tie at zero, around the threshold at 20%
+    S = criteria.score("magnitude", W)
+    mask = criteria.select(S, 0.2, per_row=per_row)
+    if per_row:
+        assert ((~mask).sum(1) == int(W.shape[1] * 0.2)).all()
+    else:
+        assert (~mask).sum().item() == int(W.numel() * 0.2)
+    assert S[~mask].max() == 0  # only tied zeros were pruned
