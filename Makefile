@@ -92,7 +92,7 @@ execute: $(STAMP_BOOK)
 	mkdir -p $(EXECUTED)
 	for nb in $(NOTEBOOKS); do \
 	  $(BIN)/papermill "$$nb" "$(EXECUTED)/$$(basename $$nb)" -p profile $(PROFILE) \
-	    --cwd notebooks --kernel $(KERNEL) --no-progress-bar; \
+	    --cwd notebooks --kernel $(KERNEL) || exit 1; \
 	done
 
 # (b) the tables that intro.md and provenance.md {include}, generated from the run records
@@ -130,7 +130,7 @@ sweep: $(STAMP_BOOK)
 	  for kv in $$p; do args+=(-p "$${kv%%=*}" "$${kv#*=}"); name+="__$${kv%%=*}-$${kv#*=}"; done; \
 	  echo "== $$name"; \
 	  $(BIN)/papermill notebooks/$(NB).ipynb "$(SWEEP_DIR)/$${name//[:\/]/_}.ipynb" "$${args[@]}" \
-	    --cwd notebooks --kernel $(KERNEL) --no-progress-bar; \
+	    --cwd notebooks --kernel $(KERNEL) || exit 1; \
 	done
 
 # ---------------------------------------------------------------- cleaning

@@ -11,14 +11,14 @@ SELF_GEN = {"smoke": 2, "cpu": 16, "paper": 512}  # self-generated windows compa
 
 def verdict_table(profile_name: str) -> pd.DataFrame:
     base = profile(profile_name)
-    df = findings.verdicts(base, SELF_GEN[profile_name])
-    return df.assign(holds=df.holds.map({True: "holds", False: "does not hold"}))
+    return findings.verdicts(base, SELF_GEN[profile_name])
 
 
 def summary_markdown(profile_name: str = "cpu") -> str:
     base = profile(profile_name)
     head = (f"Model **{base.model}**, {base.sparsity} sparsity, {base.n_calib} × {base.seq_len} calibration tokens "
-            f"({base.calib}), {base.epochs} epochs (profile `{profile_name}`).\n\n")
+            f"({base.calib}), {base.epochs} epochs of Adam at lr {base.lr:g}, batch {base.batch_size} "
+            f"(profile `{profile_name}`).\n\n")
     return head + verdict_table(profile_name).to_markdown(index=False) + "\n"
 
 
