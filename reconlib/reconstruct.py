@@ -14,6 +14,7 @@ import math
 import resource
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -156,8 +157,7 @@ def prune(model, config: RunConfig, calib: torch.Tensor, test: dict[str, torch.T
             for name, layer in arch.linears(block).items():
                 criteria.check_group(layer.weight, group, f"block {i} {name}")
     model.requires_grad_(False)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    reset_peak_memory(device)
     n_real = calib.shape[0]
     ids = calib if extra is None or len(extra) == 0 else torch.cat([calib, extra])
     x, kwargs = arch.capture(model, ids, config.batch_size)
@@ -212,6 +212,28 @@ def prune(model, config: RunConfig, calib: torch.Tensor, test: dict[str, torch.T
     result.sparsity = zeros / total
     result.masks = {i: {k: v.cpu() for k, v in m.items()} for i, m in result.masks.items()}
     result.seconds = time.perf_counter() - start_time
-    result.peak_memory_mb = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
-                             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**20
+    result.peak_memory_mb = peak_memory_mb(device)
     return result
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a fresh peak: CUDA's counter, or on Linux the process's RSS high-water mark, so that a run
+    inside a long-lived notebook kernel reports its own peak rather than the kernel's."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # 5 = reset VmHWM to the current RSS (Linux ≥ 4.0)
+    except OSError:
+        pass
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """CUDA: peak allocated; CPU: the process's peak RSS since reset_peak_memory (or since it started)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        status = Path("/proc/self/status").read_text()
+        return next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
