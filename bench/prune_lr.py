@@ -18,7 +18,7 @@ import torch
 
 
 def measure(kind: str, args) -> dict:
-    from reconlib import arch, data, models, reconstruct, sparsegpt, streams
+    from reconlib import arch, criteria, data, models, reconstruct, sparsegpt, streams
     from reconlib.config import RunConfig
 
     model, tokenizer = models.load_model(args.model)
@@ -26,18 +26,21 @@ def measure(kind: str, args) -> dict:
     config = RunConfig(model=args.model, criterion=kind if kind != "floor" else "magnitude", recon="lr",
                        n_calib=args.n_calib, seq_len=args.seq_len, batch_size=args.batch_size, device=args.device)
     device, amp = reconstruct.device_of(config)
-    solver = {"seconds": 0.0}
-    real_solve = sparsegpt.solve
+    spent = {"solver": 0.0, "stats": 0.0}
 
-    def timed_solve(*a, **k):
-        start = time.perf_counter()
-        out = real_solve(*a, **k)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        solver["seconds"] += time.perf_counter() - start
-        return out
+    def timed(fn, key):
+        def wrapper(*a, **k):
+            start = time.perf_counter()
+            out = fn(*a, **k)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            spent[key] += time.perf_counter() - start
+            return out
+        return wrapper
 
-    sparsegpt.solve = timed_solve
+    sparsegpt.solve = timed(sparsegpt.solve, "solver")
+    # the statistics' own arithmetic: Σx², and SparseGPT's Σxxᵀ, which costs about a block forward at d = 576
+    criteria.Stats.flush = timed(criteria.Stats.flush, "stats")
     start = time.perf_counter()
     if kind == "floor":
         x, kwargs = arch.capture(model, calib, args.batch_size)
@@ -51,7 +54,8 @@ def measure(kind: str, args) -> dict:
     seconds = time.perf_counter() - start
     peak = (torch.cuda.max_memory_allocated() if device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**20
-    return {"kind": kind, "seconds": seconds, "solver_seconds": solver["seconds"], "peak_mb": peak}
+    return {"kind": kind, "seconds": seconds, "solver_seconds": spent["solver"], "stats_seconds": spent["stats"],
+            "peak_mb": peak}
 
 
 def main():
@@ -74,12 +78,13 @@ def main():
         rows.append(json.loads(out.strip().splitlines()[-1]))
     floor = rows[0]["seconds"]
     print(f"model {args.model}, {args.n_calib} × {args.seq_len} calibration tokens, device {args.device}")
-    print(f"{'pass':<10} {'seconds':>8} {'× floor':>8} {'solver s':>9} {'(s-solver) × floor':>19} {'peak MB':>8}")
+    print(f"{'pass':<10} {'seconds':>8} {'× floor':>8} {'solver s':>9} {'stats s':>8} {'(s-solver) × floor':>19} "
+          f"{'(s-solver-stats) × floor':>25} {'peak MB':>8}")
     for r in rows:
         rest = (r["seconds"] - r["solver_seconds"]) / floor
+        bare = (r["seconds"] - r["solver_seconds"] - r["stats_seconds"]) / floor
         print(f"{r['kind']:<10} {r['seconds']:8.1f} {r['seconds'] / floor:8.2f} {r['solver_seconds']:9.1f} "
-              f"{rest:19.2f} {r['peak_mb']:8.0f}")
-
+              f"{r['stats_seconds']:8.1f} {rest:19.2f} {bare:25.2f} {r['peak_mb']:8.0f}")
 
 if __name__ == "__main__":
     main()
