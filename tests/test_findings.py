@@ -28,3 +28,17 @@ def test_error_reduction_verdict_holds_only_when_every_step_lowers_it(monkeypatc
     monkeypatch.setattr(findings, "error_reduction", fake_error_reduction({"wanda": [4.0, 5.0, 6.0, 7.0]}))
     verdict = findings.verdict_error_reduction(profile("smoke"))
     assert verdict["holds"] == "does not hold" and "-75%" in verdict["ours"]
+
+
+def test_self_generated_verdict_is_partly_when_one_set_gets_worse(monkeypatch):
+    rows = pd.DataFrame([{"self_gen": 0, "final_error": 56.0, "test_error_wikitext2": 219.0, "test_error_ptb": 259.0,
+                          "ppl_wikitext2": 107.0, "ppl_ptb": 322.6},
+                         {"self_gen": 16, "final_error": 61.0, "test_error_wikitext2": 206.0, "test_error_ptb": 244.0,
+                          "ppl_wikitext2": 102.6, "ppl_ptb": 334.0}])
+    monkeypatch.setattr(findings, "sweep", lambda base, field, values: rows)
+    verdict = findings.verdict_self_generated(profile("smoke"), 16)
+    assert verdict["holds"] == "partly holds"
+    assert "ppl ptb 322.60→334.00" in verdict["ours"] and "test wikitext2 219→206" in verdict["ours"]
+    better = rows.assign(ppl_ptb=[322.6, 300.0])
+    monkeypatch.setattr(findings, "sweep", lambda base, field, values: better)
+    assert findings.verdict_self_generated(profile("smoke"), 16)["holds"] == "holds"
