@@ -6,12 +6,15 @@ text file path given as the corpus name, then the Hugging Face Hub through `data
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import random
 from functools import lru_cache
 from pathlib import Path
 
 import torch
+
+log = logging.getLogger(__name__)
 
 LOCAL_FILES = {"wikitext2": "wikitext-2-raw/wiki.test.joined.txt", "ptb": "ptb/ptb.test.txt"}
 HELD_OUT = 0.1  # boolq-passages: the last 10% of passages are test text, never calibration
@@ -101,18 +104,22 @@ def calibration_set(corpus: str, tokenizer, n: int, seq_len: int, seed: int = 0,
     rng = random.Random(seed)
     docs = documents(corpus, "train")
     body = seq_len - (bos is not None)
-    windows = []
+    windows, sources = [], set()
     while len(windows) < n:
-        if len(docs) == 1:
-            ids = _stream(tokenizer, corpus, "train")
-        else:
-            ids = _encode(tokenizer, docs[rng.randrange(len(docs))])
+        pick = 0 if len(docs) == 1 else rng.randrange(len(docs))
+        ids = _stream(tokenizer, corpus, "train") if len(docs) == 1 else _encode(tokenizer, docs[pick])
         if len(ids) <= body:
             if len(docs) == 1:
                 raise ValueError(f"corpus {corpus!r} has {len(ids)} tokens, fewer than one window of {seq_len}")
             continue
         start = rng.randrange(len(ids) - body)
         windows.append(torch.as_tensor(ids[start:start + body], dtype=torch.long))
+        sources.add(pick)
+    if len(docs) > 1 and len(sources) < n / 2:
+        # boolq-passages: median 115 tokens; at seq_len 512 only 8 of 2,644 passages are long enough
+        log.warning("calibration: the %d windows of %d tokens come from only %d distinct documents of %s, since "
+                    "most are shorter than the window; use a shorter seq_len or a corpus of longer documents",
+                    n, seq_len, len(sources), corpus)
     x = torch.stack(windows)  # (n, body)
     return x if bos is None else torch.cat([torch.full((n, 1), bos), x], dim=1)
 

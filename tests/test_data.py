@@ -53,3 +53,14 @@ def test_missing_corpus_names_the_file_and_the_setting(tokenizer, monkeypatch, t
         data.documents.cache_clear(), data._stream.cache_clear()
     with pytest.raises(FileNotFoundError, match="does not exist"):
         data.documents("/nonexistent/corpus.txt")
+
+
+def test_windows_longer_than_most_documents_warn_that_they_repeat_documents(tokenizer, caplog):
+    """boolq passages: median ~115 tokens; 512-token windows can come from only a handful of them."""
+    with caplog.at_level("WARNING", logger="reconlib.data"):
+        data.calibration_set("boolq-passages", tokenizer, 16, 96, seed=0)
+    assert not caplog.records
+    with caplog.at_level("WARNING", logger="reconlib.data"):
+        x = data.calibration_set("boolq-passages", tokenizer, 16, 512, seed=0)
+    assert x.shape == (16, 512)
+    assert "distinct documents of boolq-passages" in caplog.text and "shorter seq_len" in caplog.text
