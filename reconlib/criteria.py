@@ -49,6 +49,8 @@ def lowest(S: torch.Tensor, k: int) -> torch.Tensor:
     v = S.kthvalue(k, dim=1, keepdim=True).values
     low, tie = S < v, S == v
     need = k - low.sum(1, keepdim=True)
+    if torch.equal(tie.sum(1, keepdim=True), need):  # the usual case: every tie is needed, none to break
+        return low | tie
     return low | (tie & (tie.cumsum(1) <= need))
 
 

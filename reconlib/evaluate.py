@@ -12,8 +12,8 @@ def block_error(y_dense: torch.Tensor, y_sparse: torch.Tensor, chunk: int = 16) 
     """Normalized error (1 / (N·T·d)) ‖g(w̄; x̄) − g(m ⊙ w; x)‖², both (N, T, d); chunked to bound memory."""
     total = 0.0
     for start in range(0, y_dense.shape[0], chunk):
-        diff = y_dense[start:start + chunk].double() - y_sparse[start:start + chunk].double()
-        total += diff.pow(2).sum().item()
+        diff = y_dense[start:start + chunk] - y_sparse[start:start + chunk]
+        total += diff.pow(2).sum(dtype=torch.float64).item()  # fp64 sum: ~1e7 terms per block
     return total / y_dense.numel()
 
 
