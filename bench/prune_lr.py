@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -52,8 +51,7 @@ def measure(kind: str, args) -> dict:
     else:
         reconstruct.prune(model, config, calib, progress=False)
     seconds = time.perf_counter() - start
-    peak = (torch.cuda.max_memory_allocated() if device.type == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**20
+    peak = reconstruct.peak_memory_mb(device)
     return {"kind": kind, "seconds": seconds, "solver_seconds": spent["solver"], "stats_seconds": spent["stats"],
             "peak_mb": peak}
 

@@ -104,18 +104,21 @@ def calibration_set(corpus: str, tokenizer, n: int, seq_len: int, seed: int = 0,
     rng = random.Random(seed)
     docs = documents(corpus, "train")
     body = seq_len - (bos is not None)
-    windows, sources = [], set()
+    single = len(docs) == 1
+    windows, encoded = [], {}  # encoded: document → ids, since a short one is drawn (and refused) again and again
     while len(windows) < n:
-        pick = 0 if len(docs) == 1 else rng.randrange(len(docs))
-        ids = _stream(tokenizer, corpus, "train") if len(docs) == 1 else _encode(tokenizer, docs[pick])
+        pick = 0 if single else rng.randrange(len(docs))
+        if pick not in encoded:
+            encoded[pick] = _stream(tokenizer, corpus, "train") if single else _encode(tokenizer, docs[pick])
+        ids = encoded[pick]
         if len(ids) <= body:
-            if len(docs) == 1:
+            if single:
                 raise ValueError(f"corpus {corpus!r} has {len(ids)} tokens, fewer than one window of {seq_len}")
             continue
         start = rng.randrange(len(ids) - body)
         windows.append(torch.as_tensor(ids[start:start + body], dtype=torch.long))
-        sources.add(pick)
-    if len(docs) > 1 and len(sources) < n / 2:
+    sources = [pick for pick, ids in encoded.items() if len(ids) > body]  # every long one drawn gave a window
+    if not single and len(sources) < n / 2:
         # boolq-passages: median 115 tokens; at seq_len 512 only 8 of 2,644 passages are long enough
         log.warning("calibration: the %d windows of %d tokens come from only %d distinct documents of %s, since "
                     "most are shorter than the window; use a shorter seq_len or a corpus of longer documents",
