@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from dataclasses import fields
 
 from .config import RunConfig, from_dict
@@ -36,19 +35,14 @@ def _emit(payload: dict, as_json: bool) -> None:
 
 
 def cmd_eval(args) -> dict:
-    from . import data, evaluate, models
+    """Perplexity of an unpruned model (or a saved pruned folder), recorded like a run and read back next time."""
+    from . import records
 
-    start = time.perf_counter()
-    model, tokenizer = models.load_model(args.model)
-    loaded = time.perf_counter() - start
-    bos = tokenizer.bos_token_id if models.needs_bos(model) else None
-    ppl, seconds = {}, {"load": loaded}
-    for name in [c for c in args.ppl.split(",") if c]:
-        start = time.perf_counter()
-        windows = data.eval_windows(name, tokenizer, args.seq_len, bos, args.max_windows)
-        ppl[name] = evaluate.perplexity(model, windows, args.batch_size)
-        seconds[name] = time.perf_counter() - start
-    return {"model": args.model, "seq_len": args.seq_len, "ppl": ppl, "seconds": seconds}
+    config = from_dict({"model": args.model, "ppl": args.ppl, "seq_len": args.seq_len,
+                        "max_eval_windows": args.max_windows, "device": args.device})
+    record = records.dense(config)
+    return {"model": args.model, "seq_len": args.seq_len, "ppl": record["ppl"], "seconds": record["seconds"],
+            "record": str(records.dense_path(config))}
 
 
 def cmd_prune(args) -> dict:
@@ -94,7 +88,7 @@ def main(argv=None) -> int:
     p.add_argument("--ppl", default="wikitext2,ptb")
     p.add_argument("--seq-len", type=int, default=512)
     p.add_argument("--max-windows", type=int, default=0, help="0 = the whole test set")
-    p.add_argument("--batch-size", type=int, default=0, help="0 = automatic")
+    p.add_argument("--device", default="auto", help="auto = cuda when available")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("prune", help="prune and reconstruct a model; one flag per RunConfig field")

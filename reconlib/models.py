@@ -69,9 +69,13 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
 
 
 def _gguf_cache(gguf: Path, label: str) -> Path:
-    stat = gguf.stat()
-    tag = hashlib.sha1(f"{gguf.resolve()}:{stat.st_size}".encode()).hexdigest()[:10]
-    out = cache_dir() / "models" / f"{label}-{tag}"
+    """The safetensors folder converted from `gguf`, keyed by the file's content, not its path: every
+    fresh clone installs the same GGUF into its own venv and should not convert (and store) it again."""
+    digest = hashlib.blake2b(digest_size=5)
+    with open(gguf, "rb") as f:
+        while chunk := f.read(1 << 24):
+            digest.update(chunk)
+    out = cache_dir() / "models" / f"{label}-{digest.hexdigest()}"
     if not (out / "config.json").exists():
         if out.exists():
             shutil.rmtree(out)

@@ -26,13 +26,24 @@ def results_dir() -> Path:
     return Path(os.environ.get("RECONLIB_RESULTS", "results"))
 
 
+def _local_stamp(model: str) -> str:
+    """'' for a model name or Hub id; for a local folder or file, a digest of its files' sizes and times,
+    so that a model saved again under the same path (`prune --out pruned/` twice) is not read as the old one."""
+    root = Path(model)
+    if not root.exists():
+        return ""
+    files = [root] if root.is_file() else sorted(f for f in root.rglob("*") if f.is_file())
+    blob = json.dumps([(str(f.relative_to(root.parent)), f.stat().st_size, f.stat().st_mtime_ns) for f in files])
+    return "-" + hashlib.sha256(blob.encode()).hexdigest()[:8]
+
+
 def path(config: RunConfig) -> Path:
-    return results_dir() / f"{config.key()}.json"
+    return results_dir() / f"{config.key()}{_local_stamp(config.model)}.json"
 
 
 def dense_path(config: RunConfig) -> Path:
     blob = json.dumps({k: config.to_dict()[k] for k in DENSE_FIELDS}, sort_keys=True)
-    return results_dir() / f"dense-{hashlib.sha256(blob.encode()).hexdigest()[:16]}.json"
+    return results_dir() / f"dense-{hashlib.sha256(blob.encode()).hexdigest()[:16]}{_local_stamp(config.model)}.json"
 
 
 def write(file: Path, record: dict) -> None:
@@ -99,11 +110,13 @@ def dense(config: RunConfig) -> dict:
     file = dense_path(config)
     if (record := read(file)) is not None:
         return record
+    started = time.perf_counter()
     model, tokenizer = models.load_model(config.model)
+    loaded = time.perf_counter() - started
     bos = _bos(model, tokenizer, config)
     ppl, zs, seconds = _evaluate(model, tokenizer, config, bos, reconstruct.device_of(config)[0])
     record = {"config": {k: config.to_dict()[k] for k in DENSE_FIELDS}, "ppl": ppl, "zeroshot": zs,
-              "seconds": seconds, **environment(), "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+              "seconds": {"load": loaded, **seconds}, **environment(), "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
     write(file, record)
     return record
 

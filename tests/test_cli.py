@@ -1,7 +1,10 @@
 import json
 
+from pathlib import Path
+
 import pytest
 
+from reconlib import models
 from reconlib.__main__ import main
 
 
@@ -16,6 +19,14 @@ def test_eval_prints_json(capsys):
     payload = json.loads(out.out)
     assert code == 0 and set(payload["ppl"]) == {"wikitext2", "ptb"}
     assert all(v > 1 for v in payload["ppl"].values())
+
+
+def test_eval_is_recorded_and_read_back_without_loading_the_model(capsys, monkeypatch):
+    argv = ("eval", "--model", "tiny-opt", "--ppl", "wikitext2", "--seq-len", "32", "--max-windows", "2", "--json")
+    first = json.loads(run_cli(capsys, *argv)[1].out)
+    assert Path(first["record"]).is_file() and first["seconds"]["load"] > 0
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("a recorded evaluation was recomputed"))
+    assert json.loads(run_cli(capsys, *argv)[1].out) == first
 
 
 def test_prune_json_has_the_documented_fields(capsys, tmp_path):

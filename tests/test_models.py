@@ -21,6 +21,25 @@ def test_missing_and_unreadable_gguf_are_clear_errors(tmp_path, monkeypatch):
     assert not list((tmp_path / "cache" / "models").glob("broken*"))  # no half-written cache
 
 
+def test_a_gguf_installed_elsewhere_reuses_its_conversion(tmp_path, monkeypatch):
+    monkeypatch.setenv("RECONLIB_CACHE", str(tmp_path / "cache"))
+    converted = []
+
+    def convert(gguf, out):
+        converted.append(gguf)
+        out.mkdir(parents=True)
+        (out / "config.json").write_text("{}")
+
+    monkeypatch.setattr(models, "_convert_gguf", convert)
+    first, second = tmp_path / "venv1" / "m.gguf", tmp_path / "venv2" / "m.gguf"
+    for file in (first, second):
+        file.parent.mkdir()
+        file.write_bytes(b"GGUF" + bytes(64))
+    assert models._gguf_cache(first, "m") == models._gguf_cache(second, "m") and converted == [first]
+    second.write_bytes(b"GGUF" + bytes(63) + b"\1")  # same size, other content
+    assert models._gguf_cache(second, "m") != models._gguf_cache(first, "m") and converted == [first, second]
+
+
 def test_tiny_families_build(tiny):
     family, model = tiny
     assert len(arch.blocks(model)) == 3

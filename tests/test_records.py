@@ -51,3 +51,16 @@ def test_dense_record_is_keyed_by_evaluation_settings_only():
     assert records.dense_path(a) != records.dense_path(smoke(seq_len=16))
     record = records.dense(a)
     assert record["ppl"]["wikitext2"] > 1 and records.dense_path(a).is_file()
+
+
+def test_a_local_model_saved_again_under_the_same_path_gets_new_records(tmp_path):
+    folder = tmp_path / "pruned"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"\0" * 8)
+    config = smoke(model=str(folder))
+    before = records.path(config), records.dense_path(config)
+    assert before == (records.path(config), records.dense_path(config))  # stable while the files are
+    (folder / "model.safetensors").write_bytes(b"\1" * 16)
+    after = records.path(config), records.dense_path(config)
+    assert before[0] != after[0] and before[1] != after[1]
+    assert records.path(smoke()).name == f"{smoke().key()}.json"  # a model name carries no stamp
