@@ -57,12 +57,13 @@ def cmd_prune(args) -> dict:
 
 
 def cmd_zeroshot(args) -> dict:
-    from . import models
-    from .zeroshot import zero_shot
+    """Zero-shot accuracy of a model (or a saved pruned folder), recorded like `eval` and read back next time."""
+    from . import records
 
-    model, tokenizer = models.load_model(args.pruned or args.model)
-    tasks = [t for t in args.tasks.split(",") if t]
-    return zero_shot(model, tokenizer, tasks, limit=args.limit, batch_size=args.batch_size)
+    config = from_dict({"model": args.pruned or args.model, "ppl": "", "zeroshot": args.tasks,
+                        "zeroshot_limit": args.limit, "device": args.device})
+    record = records.dense(config)
+    return {**record["zeroshot"], "seconds": record["seconds"], "record": str(records.dense_path(config))}
 
 
 def cmd_report(args) -> dict:
@@ -100,8 +101,8 @@ def main(argv=None) -> int:
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--pruned", help="a folder written by `prune --out`")
     p.add_argument("--tasks", default="boolq,rte,hellaswag,winogrande,arc_easy,arc_challenge,openbookqa")
-    p.add_argument("--limit", type=int, default=None, help="first K items of each task")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--limit", type=int, default=0, help="first K items of each task (0 = all)")
+    p.add_argument("--device", default="auto", help="auto = cuda when available")
     p.set_defaults(func=cmd_zeroshot)
 
     for name in ("summary", "records"):

@@ -29,6 +29,18 @@ def test_eval_is_recorded_and_read_back_without_loading_the_model(capsys, monkey
     assert json.loads(run_cli(capsys, *argv)[1].out) == first
 
 
+def test_zeroshot_of_a_pruned_folder_is_recorded_and_read_back(capsys, monkeypatch, tmp_path):
+    main(["prune", "--model", "tiny-llama", "--n-calib", "4", "--seq-len", "32", "--batch-size", "2", "--ppl", "",
+          "--test-error", "", "--out", str(tmp_path / "pruned")])
+    capsys.readouterr()
+    argv = ("zeroshot", "--pruned", str(tmp_path / "pruned"), "--tasks", "arc_easy,boolq", "--limit", "3", "--json")
+    first = json.loads(run_cli(capsys, *argv)[1].out)
+    assert {t: r["n"] for t, r in first["tasks"].items()} == {"arc_easy": 3, "boolq": 3}
+    assert first["mean_acc"] == pytest.approx((first["tasks"]["arc_easy"]["acc"] + first["tasks"]["boolq"]["acc"]) / 2)
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("a recorded evaluation was recomputed"))
+    assert json.loads(run_cli(capsys, *argv)[1].out) == first
+
+
 def test_prune_json_has_the_documented_fields(capsys, tmp_path):
     code, out = run_cli(capsys, "prune", "--model", "tiny-opt", "--criterion", "wanda", "--sparsity", "2:4",
                         "--n-calib", "4", "--seq-len", "32", "--batch-size", "2", "--ppl", "wikitext2",
