@@ -193,8 +193,15 @@ def self_generated(model, tokenizer, n, seq_len, seed=0, text_len=2048, cache=Tr
 
 
 def load_texts(model_name, n, seq_len, seed=0, text_len=2048) -> list[str]:
-    """The decoded texts behind `self_generated(model, tokenizer, n, seq_len, seed, text_len)`, to show."""
+    """The decoded texts behind `self_generated(model, tokenizer, n, seq_len, seed, text_len)`, to show.
+
+    When the cache lacks them (a run record read back under another cache folder, or after clearing it), they
+    are generated again from the model name: the same seed gives the same texts.
+    """
     path = _path(model_name, n, seq_len, seed, text_len, ".json")
     if not path.exists():
-        raise FileNotFoundError(f"no self-generated texts at {path}: run self_generated with these arguments first")
+        from .models import load_model
+
+        model, tokenizer = load_model(model_name)
+        self_generated(model, tokenizer, n, seq_len, seed, text_len, model_name=model_name, is_english=english)
     return json.loads(path.read_text())["texts"]

@@ -6,6 +6,7 @@ real check is tested on real sentences.
 import pytest
 import torch
 
+import reconlib.models
 from reconlib import selfgen
 from reconlib.models import DEFAULT_MODEL, needs_bos, resolve, tiny_model
 
@@ -99,8 +100,22 @@ def test_cache_written_atomically_and_reused(models, tokenizer, cache, monkeypat
     assert len(texts) == 3 and all(isinstance(t, str) and t for t in texts)
     with pytest.raises(AssertionError, match="generated again"):  # another window length is another key
         selfgen.self_generated(model, tokenizer, 3, 9, text_len=16, model_name="tiny/llama")
-    with pytest.raises(FileNotFoundError, match="run self_generated"):
-        selfgen.load_texts("tiny/llama", 4, 8, text_len=16)
+
+
+def test_texts_missing_from_the_cache_are_generated_again_from_the_model_name(models, tokenizer, monkeypatch):
+    loaded = []
+
+    def load_model(name):
+        loaded.append(name)
+        return models["llama"], tokenizer
+
+    monkeypatch.setattr(reconlib.models, "load_model", load_model)
+    monkeypatch.setattr(selfgen, "english", anything)
+    texts = selfgen.load_texts("tiny/llama", 3, 8, text_len=16)
+    assert len(texts) == 3 and selfgen.load_texts("tiny/llama", 3, 8, text_len=16) == texts and loaded == ["tiny/llama"]
+    cached = selfgen.self_generated(models["llama"], tokenizer, 3, 8, text_len=16, model_name="tiny/llama")
+    fresh = selfgen.self_generated(models["llama"], tokenizer, 3, 8, text_len=16, cache=False, is_english=anything)
+    assert torch.equal(cached, fresh)  # the texts a run would have generated
 
 
 def test_counts_and_lengths_are_checked(models, tokenizer):
