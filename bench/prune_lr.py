@@ -84,5 +84,6 @@ def main():
         print(f"{r['kind']:<10} {r['seconds']:8.1f} {r['seconds'] / floor:8.2f} {r['solver_seconds']:9.1f} "
               f"{r['stats_seconds']:8.1f} {rest:19.2f} {bare:25.2f} {r['peak_mb']:8.0f}")
 
+
 if __name__ == "__main__":
     main()

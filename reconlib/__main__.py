@@ -34,15 +34,18 @@ def _emit(payload: dict, as_json: bool) -> None:
             print(f"{key}: {value}")
 
 
-def cmd_eval(args) -> dict:
-    """Perplexity of an unpruned model (or a saved pruned folder), recorded like a run and read back next time."""
+def _dense(values: dict) -> dict:
+    """The dense record (perplexity, zero-shot) of a model or a saved pruned folder: computed once, then read back."""
     from . import records
 
-    config = from_dict({"model": args.model, "ppl": args.ppl, "seq_len": args.seq_len,
-                        "max_eval_windows": args.max_windows, "device": args.device})
-    record = records.dense(config)
-    return {"model": args.model, "seq_len": args.seq_len, "ppl": record["ppl"], "seconds": record["seconds"],
-            "record": str(records.dense_path(config))}
+    config = from_dict(values)
+    return {**records.dense(config), "record": str(records.dense_path(config))}
+
+
+def cmd_eval(args) -> dict:
+    record = _dense({"model": args.model, "ppl": args.ppl, "seq_len": args.seq_len,
+                     "max_eval_windows": args.max_windows, "device": args.device})
+    return {"model": args.model, "seq_len": args.seq_len, **{k: record[k] for k in ("ppl", "seconds", "record")}}
 
 
 def cmd_prune(args) -> dict:
@@ -57,13 +60,9 @@ def cmd_prune(args) -> dict:
 
 
 def cmd_zeroshot(args) -> dict:
-    """Zero-shot accuracy of a model (or a saved pruned folder), recorded like `eval` and read back next time."""
-    from . import records
-
-    config = from_dict({"model": args.pruned or args.model, "ppl": "", "zeroshot": args.tasks,
-                        "zeroshot_limit": args.limit, "device": args.device})
-    record = records.dense(config)
-    return {**record["zeroshot"], "seconds": record["seconds"], "record": str(records.dense_path(config))}
+    record = _dense({"model": args.pruned or args.model, "ppl": "", "zeroshot": args.tasks,
+                     "zeroshot_limit": args.limit, "device": args.device})
+    return {**record["zeroshot"], "seconds": record["seconds"], "record": record["record"]}
 
 
 def cmd_report(args) -> dict:

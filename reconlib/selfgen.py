@@ -77,12 +77,14 @@ def _extend(model, ids, steps, n_vocab, generator=None, stop=None):
 
 
 def generate_texts(model, tokenizer, n, text_len=2048, seed=0, batch_size=16, progress=True,
-                   min_len=0, is_english=english) -> list[list[int]]:
+                   min_len=0, is_english=None) -> list[list[int]]:
     """`n` self-generated texts as token id lists, without BOS or the stop token (method.md §5).
 
     Texts shorter than `min_len` tokens are dropped and redrawn. `is_english(str) -> bool` filters the
-    5-token prefixes; tests inject their own so as not to depend on langid's verdict on random tokens.
+    5-token prefixes (default: `english`, looked up at call time); tests inject their own so as not to depend
+    on langid's verdict on random tokens.
     """
+    is_english = is_english or english
     if n < 0:
         raise ValueError(f"n must be a number of texts >= 0, got {n}")
     if text_len < PREFIX:
@@ -154,7 +156,7 @@ def _write_atomic(path: Path, write) -> None:
 
 
 def self_generated(model, tokenizer, n, seq_len, seed=0, text_len=2048, cache=True, model_name=None,
-                   is_english=english) -> torch.LongTensor:
+                   is_english=None) -> torch.LongTensor:
     """`n` calibration windows (n, seq_len) cut from self-generated texts, one per text (method.md §5).
 
     With BOS (`needs_bos`) each window is BOS + seq_len - 1 text tokens. Texts are cached under
@@ -203,5 +205,5 @@ def load_texts(model_name, n, seq_len, seed=0, text_len=2048) -> list[str]:
         from .models import load_model
 
         model, tokenizer = load_model(model_name)
-        self_generated(model, tokenizer, n, seq_len, seed, text_len, model_name=model_name, is_english=english)
+        self_generated(model, tokenizer, n, seq_len, seed, text_len, model_name=model_name)
     return json.loads(path.read_text())["texts"]
