@@ -2,10 +2,11 @@
 #
 #   make test                      venv + library + pytest
 #   make book [PROFILE=cpu]        papermill every notebook, build the book, check it in a browser
+#   make records [WORKERS=2]       compute the missing records of the book's grid into book/records (resumable)
 #   make check-pages               only the browser check of an already built book
 #   make lab                       Jupyter Lab with the project's kernel ("reconlib")
 #   make sweep NB=01_error_reduction GRID='criterion=magnitude,wanda,sparsegpt'
-#   make clean / make distclean    build outputs / also the venv (never results/: records and sweeps)
+#   make clean / make distclean    build outputs / also the venv (never book/records or results/)
 
 SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -25,13 +26,16 @@ KERNEL  ?= reconlib
 MATHJAX ?= mathjax@3.2.2
 CHROMIUM ?= /usr/bin/chromium
 PYTEST_ARGS ?=
+WORKERS ?= 2
+VERIFY  ?= 2
 
 # The WikiText-2/PTB files live beside the repository; they are read in place, never copied in
 # (left empty when ../shared/data is missing: the corpora then come from the Hub).
 # HF_HUB_OFFLINE is deliberately left alone: users with the Hub keep it.
 export RECONLIB_DATA_DIR ?= $(wildcard $(abspath ../shared/data))
-# Absolute, so papermill's --cwd notebooks and `python -m reconlib summary` read and write one set of records.
-export RECONLIB_RESULTS ?= $(abspath results)
+# The record store behind the book, committed: absolute, so papermill's --cwd notebooks and
+# `python -m reconlib summary` read and write one set of records.
+export RECONLIB_RESULTS ?= $(abspath book/records)
 
 BIN      := $(VENV)/bin
 STAMP    := $(VENV)/.installed
@@ -42,10 +46,10 @@ MATHJAX_JS := book/_vendor/mathjax/es5/tex-mml-chtml.js
 SWEEP_DIR ?= results/sweeps
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: help setup setup-book test book execute tables html check-pages lab notebook sweep clean distclean
+.PHONY: help setup setup-book test book records execute tables html check-pages lab notebook sweep clean distclean
 
 help:
-	@sed -n '2,9p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,10p' Makefile | sed 's/^# \{0,1\}//'
 
 # ---------------------------------------------------------------- set-up (idempotent, stamp-guarded)
 $(BIN)/python:
@@ -87,6 +91,10 @@ test: $(STAMP)
 # ---------------------------------------------------------------- book
 book: execute tables html check-pages
 
+# The grid of runs the book reads, $(WORKERS) side by side with one thread each; resumes where it stopped.
+records: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/python -m reconlib grid --profile $(PROFILE) --workers $(WORKERS)
+
 # (a) papermill runs each notebook from notebooks/ (so relative paths work) into the gitignored book/_executed
 execute: $(STAMP_BOOK)
 	mkdir -p $(EXECUTED)
@@ -95,11 +103,15 @@ execute: $(STAMP_BOOK)
 	    --cwd notebooks --kernel $(KERNEL) || exit 1; \
 	done
 
-# (b) the tables that intro.md and provenance.md {include}, generated from the run records
+# (b) the tables that the intro, cost, provenance and reproducibility pages {include}, generated from the
+# run records; `records verify` recomputes the $(VERIFY) cheapest records here and fails on a disagreement
 tables: $(STAMP_BOOK)
 	mkdir -p $(EXECUTED)
 	$(BIN)/python -m reconlib summary --profile $(PROFILE) --out $(EXECUTED)/summary.md
+	$(BIN)/python -m reconlib cost --profile $(PROFILE) --out $(EXECUTED)/cost.md
+	$(BIN)/python -m reconlib rule --out $(EXECUTED)/rule.md
 	$(BIN)/python -m reconlib records --profile $(PROFILE) --out $(EXECUTED)/records.md
+	$(BIN)/python -m reconlib records verify --sample $(VERIFY) --out $(EXECUTED)/verify.md
 
 # (c) warnings fail the build; --all because Sphinx repeats no warning for a page it does not re-read
 html: $(STAMP_BOOK) $(MATHJAX_JS)

@@ -1,4 +1,4 @@
-"""Command line: `python -m reconlib eval | prune | zeroshot | summary | records`.
+"""Command line: `python -m reconlib eval | prune | zeroshot | grid | summary | cost | rule | records [verify]`.
 
 `prune` takes one flag per RunConfig field (generated from the dataclass), so the CLI, the notebooks and
 the run records share one vocabulary.
@@ -56,27 +56,57 @@ def cmd_prune(args) -> dict:
     record = records.run(config, out=args.out)
     keep = ("sparsity", "block_error", "final_error", "test_block_error", "test_final_error", "ppl", "zeroshot",
             "peak_memory_mb", "key")
-    return {**{k: record[k] for k in keep}, "seconds": record["seconds"]["total"], "config": record["config"]}
+    return {**{k: record[k] for k in keep}, "seconds": record["seconds"]["total"], "config": record["config"],
+            "calib_digest": record.get("calib_digest"), "record": str(records.path(config))}
 
 
 def cmd_zeroshot(args) -> dict:
+    if args.pruned and "boolq" in args.tasks.split(","):
+        from pathlib import Path
+
+        run = json.loads((Path(args.pruned) / "reconlib_config.json").read_text()) \
+            if (Path(args.pruned) / "reconlib_config.json").is_file() else {}
+        if run.get("calib") == "boolq-passages":
+            raise ValueError(f"{args.pruned} was calibrated on boolq-passages, BoolQ's own text, so its BoolQ "
+                             "accuracy is contaminated: drop boolq from --tasks")
     record = _dense({"model": args.pruned or args.model, "ppl": "", "zeroshot": args.tasks,
                      "zeroshot_limit": args.limit, "device": args.device})
     return {**record["zeroshot"], "seconds": record["seconds"], "record": record["record"]}
 
 
-def cmd_report(args) -> dict:
-    from . import report
-
-    text = report.summary_markdown(args.profile) if args.command == "summary" else report.records_markdown()
-    if args.out:
+def _write(text: str, out: str | None) -> None:
+    if out:
         from pathlib import Path
 
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text)
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(text)
     else:
         print(text)
+
+
+def cmd_report(args) -> dict:
+    from . import records, report
+
+    if args.command == "records" and args.action == "verify":
+        rows = records.verify(args.sample, args.tolerance)
+        _write(report.verify_markdown(rows, args.tolerance), args.out)
+        return {"verified": len(rows), "max_relative_difference": max((r["max_relative_difference"] for r in rows),
+                                                                      default=0.0), "tolerance": args.tolerance}
+    text = {"summary": report.summary_markdown, "cost": report.cost_markdown,
+            "rule": lambda profile: report.findings.RULE + "\n",
+            "records": lambda profile: report.records_markdown()}[args.command](args.profile)
+    _write(text, args.out)
     return {}
+
+
+def cmd_grid(args) -> dict:
+    from . import grid
+
+    todo = grid.missing(args.profile)
+    if args.dry_run:
+        return {"missing": len(todo), "runs": [grid._label(kind, c) for kind, c in todo]}
+    done = grid.compute(args.profile, workers=args.workers)
+    return {"computed": len(done), "seconds": sum(s for _, _, s in done)}
 
 
 def main(argv=None) -> int:
@@ -104,11 +134,22 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="auto", help="auto = cuda when available")
     p.set_defaults(func=cmd_zeroshot)
 
-    for name in ("summary", "records"):
+    p = sub.add_parser("grid", help="compute every missing record of the book's grid (resumable)")
+    p.add_argument("--profile", default="cpu")
+    p.add_argument("--workers", type=int, default=1, help="runs side by side, one thread each")
+    p.add_argument("--dry-run", action="store_true", help="list the missing runs, compute nothing")
+    p.set_defaults(func=cmd_grid)
+
+    for name in ("summary", "cost", "rule", "records"):
         p = sub.add_parser(name, help=f"markdown {name} table from the run records (for the book)")
         p.add_argument("--out")
         p.add_argument("--profile", default="cpu")
         p.set_defaults(func=cmd_report)
+        if name == "records":
+            p.add_argument("action", nargs="?", choices=("table", "verify"), default="table",
+                           help="verify: check every record's digest and recompute the --sample cheapest")
+            p.add_argument("--sample", type=int, default=2)
+            p.add_argument("--tolerance", type=float, default=1e-3, help="relative")
 
     for p in sub.choices.values():
         p.add_argument("--json", action="store_true", help="print one JSON object on stdout")

@@ -8,7 +8,8 @@ from dataclasses import dataclass, fields
 
 CRITERIA = ("magnitude", "wanda", "sparsegpt")
 SCHEMES = ("lr", "br", "br+gp", "br+gp+cr")
-CORPORA = ("wikitext2", "ptb", "c4", "boolq-passages")
+CORPORA = ("wikitext2", "ptb", "c4", "wikitext2-valid", "boolq-passages")  # as reconlib.data names them
+TEST_SETS = ("wikitext2", "ptb", "c4", "boolq-passages")
 
 
 @dataclass(frozen=True)
@@ -17,7 +18,7 @@ class RunConfig:
     criterion: str = "sparsegpt"        # magnitude | wanda | sparsegpt
     sparsity: str = "0.5"               # unstructured ratio in (0, 1), or "N:M" (keep N of every M)
     recon: str = "lr"                   # lr | br | br+gp | br+gp+cr
-    calib: str = "boolq-passages"       # the paper uses c4; boolq-passages is the offline Wikipedia text
+    calib: str = "wikitext2-valid"      # a corpus name or a local .txt / .jsonl file or folder; the paper uses c4
     n_calib: int = 32                   # calibration windows (paper: 256)
     seq_len: int = 512                  # tokens per window (paper: 1024 calibration, 2048 evaluation)
     self_gen: int = 0                   # self-generated windows added for reconstruction (method.md §5)
@@ -51,10 +52,16 @@ class RunConfig:
 
         need(self.criterion in CRITERIA, f"unknown criterion {self.criterion!r}: use one of {', '.join(CRITERIA)}")
         need(self.recon in SCHEMES, f"unknown recon scheme {self.recon!r}: use one of {', '.join(SCHEMES)}")
-        need(self.calib in CORPORA, f"unknown calibration corpus {self.calib!r}: use one of {', '.join(CORPORA)}")
+        need(self.calib in CORPORA or _is_local(self.calib),
+             f"unknown calibration corpus {self.calib!r}: use one of {', '.join(CORPORA)}, or the path of an "
+             "existing .txt file, .jsonl file (one {\"text\": ...} a line) or folder of .txt files")
         for name in ("ppl", "test_error"):
-            bad = [c for c in getattr(self, name) if c not in CORPORA]
-            need(not bad, f"unknown corpus {bad} in {name}: use names from {', '.join(CORPORA)}")
+            bad = [c for c in getattr(self, name) if c not in TEST_SETS]
+            need(not bad, f"unknown test set {bad} in {name}: use names from {', '.join(TEST_SETS)}")
+        # BoolQ's passages are BoolQ's own text: calibrating on them and scoring BoolQ reads the answers
+        need(not (self.calib == "boolq-passages" and "boolq" in self.zeroshot),
+             "calib='boolq-passages' is BoolQ's own text, so BoolQ accuracy after calibrating on it is contaminated: "
+             "drop boolq from zeroshot or calibrate on wikitext2-valid, c4 or a local corpus")
         for name in ("n_calib", "seq_len", "batch_size", "n_test"):
             need(isinstance(getattr(self, name), int) and getattr(self, name) > 0,
                  f"{name} must be a positive integer, got {getattr(self, name)!r}")
@@ -85,13 +92,29 @@ class RunConfig:
     def to_dict(self) -> dict:
         return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v for f in fields(self)}
 
+    @property
+    def calib_digest(self) -> str | None:
+        """A local calibration corpus is known by its content (sha256), not its path; None for a named one."""
+        from .data import digest
+
+        return None if self.calib in CORPORA else digest(self.calib)
+
     def key(self) -> str:
-        """A stable hash of every field: the run record's file name."""
-        blob = json.dumps(self.to_dict(), sort_keys=True)
+        """A stable hash of every field (a local corpus by its digest): the run record's file name."""
+        values = self.to_dict()
+        if self.calib not in CORPORA:
+            values["calib"] = f"sha256:{self.calib_digest}"
+        blob = json.dumps(values, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def replace(self, **overrides) -> "RunConfig":
         return from_dict({**self.to_dict(), **overrides})
+
+
+def _is_local(corpus: str) -> bool:
+    from .data import is_local
+
+    return is_local(corpus)
 
 
 def parse_sparsity(sparsity) -> tuple[float, int, int]:
@@ -127,15 +150,17 @@ def from_dict(values: dict) -> RunConfig:
     return RunConfig(**values)
 
 
-# Layered overrides for notebooks and `make book PROFILE=…` (the base is RunConfig's defaults).
+# Layered overrides for notebooks and `make book PROFILE=…` (the base is RunConfig's defaults); which models
+# and seeds each profile's book reads is reconlib.grid's.
 PROFILES = {
     # tiny random model: seconds per notebook, for tests
-    "smoke": dict(model="tiny-llama", n_calib=4, seq_len=32, epochs=1, batch_size=2, n_test=2,
-                  test_error=("wikitext2", "ptb", "boolq-passages"), max_eval_windows=2, ppl=("wikitext2",)),
-    # the embedded SmolLM2-135M on 2 CPU cores: the whole book in about 30 minutes. 16 Adam steps a unit
-    # instead of the paper's 320, so lr 1e-3 instead of 2e-4 to move the survivors comparably far.
-    "cpu": dict(model="smollm2-135m", n_calib=32, seq_len=128, epochs=2, batch_size=4, lr=1e-3, n_test=8,
-                test_error=("wikitext2", "ptb", "boolq-passages"), max_eval_windows=16, ppl=("wikitext2", "ptb")),
+    "smoke": dict(model="tiny-llama", n_calib=8, seq_len=32, epochs=2, batch_size=2, n_test=2,
+                  test_error=("wikitext2", "ptb"), max_eval_windows=2, ppl=("wikitext2", "ptb")),
+    # the embedded models on 2 CPU cores: 64 × 128 = 8,192 calibration tokens (the paper: 256 × 1024), batch 2
+    # for 2 epochs = 64 Adam steps a unit (the paper: 320), so lr 1e-3 (the paper: 2e-4) moves the survivors
+    # about as far (lr × steps). Test error on 32 windows a test set; perplexity on the first 32 windows.
+    "cpu": dict(model="smollm2-135m", calib="wikitext2-valid", n_calib=64, seq_len=128, epochs=2, batch_size=2,
+                lr=1e-3, n_test=32, test_error=("wikitext2", "ptb"), max_eval_windows=32, ppl=("wikitext2", "ptb")),
     # the paper's setting (method.md §3, §5): a GPU and the Hub
     "paper": dict(model="facebook/opt-125m", calib="c4", n_calib=256, seq_len=1024, epochs=10, batch_size=8,
                   n_test=32, test_error=("wikitext2", "ptb", "c4"), max_eval_windows=0, ppl=("wikitext2", "ptb", "c4")),

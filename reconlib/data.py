@@ -1,14 +1,18 @@
 """Corpora, calibration windows (method.md §5) and evaluation windows (method.md §6).
 
-Sources, in order: the folder named by `RECONLIB_DATA_DIR` (laid out like ../shared/data), an explicit
-text file path given as the corpus name, then the Hugging Face Hub through `datasets`.
+Named corpora come from the folder named by `RECONLIB_DATA_DIR` (laid out like ../shared/data), then from
+the Hugging Face Hub through `datasets`. Calibration also takes a local corpus of the user's: a `.txt` file,
+a `.jsonl` file (one {"text": ...} document a line) or a folder of `.txt` files (one document each).
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import json
 import logging
 import os
 import random
+import re
 from functools import lru_cache
 from pathlib import Path
 
@@ -16,13 +20,80 @@ import torch
 
 log = logging.getLogger(__name__)
 
-LOCAL_FILES = {"wikitext2": "wikitext-2-raw/wiki.test.joined.txt", "ptb": "ptb/ptb.test.txt"}
+# name -> file under RECONLIB_DATA_DIR; wikitext2-valid is calibration text only (the WikiText-2 validation
+# split, word-tokenized): long articles that are neither a perplexity test set nor a zero-shot task's text
+LOCAL_FILES = {"wikitext2": "wikitext-2-raw/wiki.test.joined.txt", "ptb": "ptb/ptb.test.txt",
+               "wikitext2-valid": "wikitext-2-tokenized/valid.txt"}
+CORPORA = ("wikitext2", "ptb", "c4", "wikitext2-valid", "boolq-passages")
+TEST_SETS = ("wikitext2", "ptb", "c4", "boolq-passages")  # perplexity and test-error sets
 HELD_OUT = 0.1  # boolq-passages: the last 10% of passages are test text, never calibration
+# WikiText marks each article with a ` = Title = ` line (sections are ` = = Section = = `)
+ARTICLE = re.compile(r"^ = [^=].* = $", re.MULTILINE)
 
 
 def data_dir() -> Path | None:
     value = os.environ.get("RECONLIB_DATA_DIR")
     return Path(value) if value else None
+
+
+def is_local(corpus: str) -> bool:
+    """A user's corpus: an existing .txt or .jsonl file, or a folder (of .txt files)."""
+    path = Path(corpus).expanduser()
+    return path.is_dir() or (path.is_file() and path.suffix in (".txt", ".jsonl"))
+
+
+def _local_files(corpus: str) -> list[Path]:
+    path = Path(corpus).expanduser()
+    return sorted(path.glob("*.txt")) if path.is_dir() else [path]
+
+
+@lru_cache(maxsize=16)
+def _digest(corpus: str, stamp: tuple) -> str:
+    h = hashlib.sha256()
+    folder = Path(corpus).expanduser().is_dir()
+    for f in _local_files(corpus):  # a folder's documents by name and content; a file by content alone
+        h.update((f.name.encode() + b"\0" if folder else b"") + f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def digest(corpus: str) -> str:
+    """sha256 (16 hex digits) of a local corpus's content: its identity in run records, whatever its path."""
+    files = _local_files(corpus)
+    return _digest(corpus, tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files))
+
+
+def split_articles(text: str) -> list[str]:
+    """A plain text file → documents, cut before each WikiText article title (no titles: one document)."""
+    starts = [m.start() for m in ARTICLE.finditer(text)]
+    if not starts:
+        return [text]
+    bounds = ([0] if text[:starts[0]].strip() else []) + starts + [len(text)]
+    return [text[a:b] for a, b in zip(bounds, bounds[1:])]
+
+
+def _read_local(corpus: str) -> tuple[str, ...]:
+    path = Path(corpus).expanduser()
+    if path.is_dir():
+        docs = [f.read_text() for f in _local_files(corpus)]
+        if not docs:
+            raise FileNotFoundError(f"calibration folder {path} holds no .txt files (one document per file)")
+        return tuple(docs)
+    if path.suffix == ".jsonl":
+        docs = []
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if line.strip():
+                row = json.loads(line)
+                if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+                    raise ValueError(f"{path}, line {n}: expected a JSON object with a string field 'text'")
+                docs.append(row["text"])
+        return tuple(docs)
+    return tuple(split_articles(path.read_text()))
+
+
+def ptb_text(sentences) -> str:
+    """PTB as the literature tokenizes it (method.md §6): each sentence stripped, joined with one space.
+    ptb.test.txt starts (and ends) every line with a space; the Hub's ptb_text_only holds them stripped."""
+    return " ".join(s.strip() for s in sentences)
 
 
 def _hub(*args, **kwargs):
@@ -46,13 +117,23 @@ def _boolq_passages() -> list[str]:
     return list(dict.fromkeys(load_from_disk(str(folder))["passage"]))  # unique, in order
 
 
+def _from_hub(corpus: str, split: str) -> tuple[str, ...]:
+    if corpus == "wikitext2":
+        return ("\n\n".join(_hub("wikitext", "wikitext-2-raw-v1", split=split)["text"]),)
+    if corpus == "wikitext2-valid":  # rows are the file's lines, newline included
+        return tuple(split_articles("".join(_hub("wikitext", "wikitext-2-v1", split="validation")["text"])))
+    return (ptb_text(_hub("ptb_text_only", split=split)["sentence"]),)
+
+
 @lru_cache(maxsize=8)
 def documents(corpus: str, split: str = "test") -> tuple[str, ...]:
-    """The corpus as documents. Text corpora are one joined document (method.md §6 joins)."""
-    if Path(corpus).suffix == ".txt":
-        if not Path(corpus).is_file():
-            raise FileNotFoundError(f"corpus file {corpus} does not exist")
-        return (Path(corpus).read_text(),)
+    """The corpus as documents. Test sets are one joined text (method.md §6); calibration corpora are
+    documents (C4 rows, WikiText articles, a local file's documents), drawn from by `calibration_set`."""
+    if corpus not in CORPORA:
+        if is_local(corpus):
+            return _read_local(corpus)
+        raise ValueError(f"unknown corpus {corpus!r}: use one of {', '.join(CORPORA)}, or a local .txt / .jsonl "
+                         "file or folder of .txt files" + (" (no such file)" if Path(corpus).suffix else ""))
     if corpus == "boolq-passages":
         passages = _boolq_passages()
         cut = int(len(passages) * (1 - HELD_OUT))
@@ -61,20 +142,25 @@ def documents(corpus: str, split: str = "test") -> tuple[str, ...]:
         name = "validation.00000-of-00008" if split == "test" else "train.00000-of-01024"
         rows = _hub("allenai/c4", data_files={"x": f"en/c4-{name}.json.gz"}, split="x")["text"]
         return (" ".join(rows[:1100]),) if split == "test" else tuple(rows)
-    if corpus not in LOCAL_FILES:
-        raise ValueError(f"unknown corpus {corpus!r}: use wikitext2, ptb, c4, boolq-passages or a .txt file path")
+    if corpus == "wikitext2-valid":
+        split = "train"  # calibration text only: every split of it is the validation file
     local = data_dir() / LOCAL_FILES[corpus] if data_dir() else None
-    if split == "test" and local is not None and local.is_file():
+    if split == "train" and corpus != "wikitext2-valid":  # the train splits of the test sets: the Hub only
+        local = None
+    if local is not None and local.is_file():
         text = local.read_text()
-        return (" ".join(text.splitlines()) if corpus == "ptb" else text,)
+        if corpus == "ptb":
+            return (ptb_text(text.splitlines()),)
+        return tuple(split_articles(text)) if corpus == "wikitext2-valid" else (text,)
     try:
-        if corpus == "wikitext2":
-            return ("\n\n".join(_hub("wikitext", "wikitext-2-raw-v1", split=split)["text"]),)
-        return (" ".join(_hub("ptb_text_only", split=split)["sentence"]),)
+        return _from_hub(corpus, split)
     except FileNotFoundError as e:
-        where = (f"{local} (set RECONLIB_DATA_DIR to a folder laid out like ../shared/data)" if split == "test"
-                 else "a text file path as the corpus name")
-        raise FileNotFoundError(f"corpus {corpus!r} ({split}) is not available offline: provide {where}. {e}") from e
+        if split == "train" and corpus != "wikitext2-valid":
+            raise FileNotFoundError(f"corpus {corpus!r} has no offline train split: calibrate on wikitext2-valid or "
+                                    f"a local file. {e}") from e
+        raise FileNotFoundError(f"corpus {corpus!r} ({split}) is not available offline: provide "
+                                f"{local or LOCAL_FILES[corpus]} (set RECONLIB_DATA_DIR to a folder laid out like "
+                                f"../shared/data). {e}") from e
 
 
 def _encode(tokenizer, text: str) -> list[int]:
@@ -93,38 +179,53 @@ def _check(n: int, seq_len: int):
         raise ValueError(f"seq_len must be an integer > 1, got {seq_len!r}")
 
 
+def _with_bos(x: torch.Tensor, bos: int | None) -> torch.Tensor:
+    return x if bos is None else torch.cat([torch.full((x.shape[0], 1), bos), x], dim=1)
+
+
+def stream_windows(ids: torch.Tensor, n: int, seq_len: int, seed: int = 0, bos: int | None = None) -> torch.Tensor:
+    """n random windows of one token stream (as SparseGPT's and Wanda's loaders cut WikiText-2) → (n, seq_len)."""
+    _check(n, seq_len)
+    rng, body = random.Random(seed), seq_len - (bos is not None)
+    if len(ids) <= body:
+        raise ValueError(f"the text has {len(ids)} tokens, fewer than one window of {seq_len}")
+    starts = [rng.randrange(len(ids) - body) for _ in range(n)]
+    return _with_bos(torch.stack([torch.as_tensor(ids[s:s + body], dtype=torch.long) for s in starts]), bos)
+
+
 def calibration_set(corpus: str, tokenizer, n: int, seq_len: int, seed: int = 0, bos: int | None = None):
     """n random windows of seq_len tokens → LongTensor (n, seq_len) (method.md §5).
 
-    Multi-document corpora (C4): draw random documents until one is longer than the window, then take a
-    random window of it. Single-stream corpora: a random window of the joined text. `bos`, when given,
-    is the first token of every window (Gemma). Uses its own `random.Random(seed)`, never global RNG.
+    Draw random documents until one is longer than the window, then take a random window of it (C4,
+    WikiText articles, a local corpus's documents); a corpus of one document is one stream. `bos`, when
+    given, is the first token of every window (Gemma). Uses its own `random.Random(seed)`, never global RNG.
     """
     _check(n, seq_len)
-    rng = random.Random(seed)
     docs = documents(corpus, "train")
-    body = seq_len - (bos is not None)
-    single = len(docs) == 1
+    if len(docs) == 1:
+        return stream_windows(_stream(tokenizer, corpus, "train"), n, seq_len, seed, bos)
+    rng, body = random.Random(seed), seq_len - (bos is not None)
     windows, encoded = [], {}  # encoded: document → ids, since a short one is drawn (and refused) again and again
-    while len(windows) < n:
-        pick = 0 if single else rng.randrange(len(docs))
+    for _ in range(1000 * n):
+        pick = rng.randrange(len(docs))
         if pick not in encoded:
-            encoded[pick] = _stream(tokenizer, corpus, "train") if single else _encode(tokenizer, docs[pick])
+            encoded[pick] = _encode(tokenizer, docs[pick])
         ids = encoded[pick]
-        if len(ids) <= body:
-            if single:
-                raise ValueError(f"corpus {corpus!r} has {len(ids)} tokens, fewer than one window of {seq_len}")
-            continue
-        start = rng.randrange(len(ids) - body)
-        windows.append(torch.as_tensor(ids[start:start + body], dtype=torch.long))
+        if len(ids) > body:
+            start = rng.randrange(len(ids) - body)
+            windows.append(torch.as_tensor(ids[start:start + body], dtype=torch.long))
+            if len(windows) == n:
+                break
+    else:
+        raise ValueError(f"corpus {corpus!r}: too few of its {len(docs)} documents are longer than a window of "
+                         f"{seq_len} tokens; use a shorter seq_len or a corpus of longer documents")
     sources = [pick for pick, ids in encoded.items() if len(ids) > body]  # every long one drawn gave a window
-    if not single and len(sources) < n / 2:
+    if len(sources) < n / 2:
         # boolq-passages: median 115 tokens; at seq_len 512 only 8 of 2,644 passages are long enough
         log.warning("calibration: the %d windows of %d tokens come from only %d distinct documents of %s, since "
                     "most are shorter than the window; use a shorter seq_len or a corpus of longer documents",
                     n, seq_len, len(sources), corpus)
-    x = torch.stack(windows)  # (n, body)
-    return x if bos is None else torch.cat([torch.full((n, 1), bos), x], dim=1)
+    return _with_bos(torch.stack(windows), bos)  # (n, seq_len)
 
 
 def eval_windows(corpus: str, tokenizer, seq_len: int, bos: int | None = None, max_windows: int = 0):
@@ -141,5 +242,4 @@ def eval_windows(corpus: str, tokenizer, seq_len: int, bos: int | None = None, m
         raise ValueError(f"corpus {corpus!r} has {len(ids)} tokens, fewer than one window of {seq_len}")
     if max_windows:
         count = min(count, max_windows)
-    x = ids[:count * body].view(count, body)  # (W, body)
-    return x if bos is None else torch.cat([torch.full((count, 1), bos), x], dim=1)
+    return _with_bos(ids[:count * body].view(count, body), bos)  # (W, body) → (W, seq_len)

@@ -1,137 +1,184 @@
-"""The paper's three findings (method.md §7), each a table computed from run records.
+"""The paper's three findings (method.md §7) as tables of run records, with seeds, and the rule that turns
+paired per-seed effects into a verdict.
 
-Notebooks call these and plot; the book's summary calls `verdicts`. Every run goes through
-`records.run`, so a configuration shared by two findings is computed once.
+Every config comes from reconlib.grid (`cell`), so the pages read exactly the runs that `grid` computes;
+a run missing from the store is computed (records.run) and recorded.
 """
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 
-from . import paper, records
+from . import grid, paper, records
 from .config import CRITERIA, SCHEMES, RunConfig
 
 PAPER_MODELS = ("llama-7b", "opt-125m")
+STEPS = (("lr", "br"), ("br", "br+gp"), ("br+gp", "br+gp+cr"))
+LABELS = {"lr": "LR", "br": "BR", "br+gp": "BR+GP", "br+gp+cr": "BR+GP+CR"}
+SUBSET = {"smoke": 2, "cpu": 32, "paper": 0}  # perplexity windows every run reports (0 = whole test set)
 
 
-def _row(record: dict) -> dict:
+# ------------------------------------------------------------------ the verdict rule
+RULE = ("A part of a finding **holds** on a model when its paired per-seed effect (same seed, so same "
+        "calibration windows, with and without the step) has the paper's sign for every seed and its mean "
+        "exceeds twice its standard error; it **does not hold** when the same is true with the opposite sign; "
+        "otherwise it is **not separable from seed noise** (always so with fewer than two seeds). A finding of "
+        "several parts holds when every part holds, does not hold when any part does not hold, and is not "
+        "separable from seed noise otherwise.")
+
+
+def verdict(effects) -> str:
+    """The rule above, for one part: `effects` are per-seed effects signed so that the paper's claim is > 0."""
+    e = [float(x) for x in effects]
+    if len(e) < 2:
+        return "not separable from seed noise"
+    mean = sum(e) / len(e)
+    se = math.sqrt(sum((x - mean) ** 2 for x in e) / (len(e) - 1) / len(e))
+    if all(x > 0 for x in e) and mean > 2 * se:
+        return "holds"
+    if all(x < 0 for x in e) and -mean > 2 * se:
+        return "does not hold"
+    return "not separable from seed noise"
+
+
+def combine(words) -> str:
+    """A finding of several parts: all hold → holds; any does not hold → does not hold; else not separable."""
+    words = list(words)
+    if words and all(w == "holds" for w in words):
+        return "holds"
+    return "does not hold" if "does not hold" in words else "not separable from seed noise"
+
+
+def mean_se(effects) -> str:
+    e = [float(x) for x in effects]
+    mean = sum(e) / len(e)
+    if len(e) < 2:
+        return f"{mean:+.3g} (n=1)"
+    se = math.sqrt(sum((x - mean) ** 2 for x in e) / (len(e) - 1) / len(e))
+    return f"{mean:+.3g} ± {se:.2g} (n={len(e)})"
+
+
+# ------------------------------------------------------------------ runs → rows
+def ppl(record: dict, corpus: str, windows: int) -> float:
+    """Perplexity over the first `windows` windows (0 = all evaluated), from the per-window mean NLLs."""
+    nll = record["ppl_windows"][corpus]
+    nll = nll[:windows] if windows else nll
+    return math.exp(sum(nll) / len(nll))
+
+
+def row(record: dict, subset: int) -> dict:
     c = record["config"]
-    row = {"criterion": c["criterion"], "sparsity": c["sparsity"], "recon": c["recon"], "epochs": c["epochs"],
-           "n_calib": c["n_calib"], "self_gen": c["self_gen"], "final_error": record["final_error"]}
-    row |= {f"test_error_{k}": v for k, v in record["test_final_error"].items()}
-    row |= {f"ppl_{k}": v for k, v in record["ppl"].items()}
+    out = {"model": c["model"], "seed": c["seed"], "criterion": c["criterion"], "sparsity": c["sparsity"],
+           "recon": c["recon"], "epochs": c["epochs"], "n_calib": c["n_calib"], "self_gen": c["self_gen"],
+           "final_error": record["final_error"], "final_error_from1": record["block_error_from1"][-1]}
+    # the part of the final error at position 0 (of T): 1 − (mean error over positions 1..T−1) · (T−1) / T / mean
+    out["position0_share_%"] = 100 * (1 - out["final_error_from1"] * (c["seq_len"] - 1) / c["seq_len"] / out["final_error"])
+    out |= {f"test_error_{k}": v for k, v in record["test_final_error"].items()}
+    out |= {f"ppl_{k}": ppl(record, k, subset) for k in record["ppl_windows"]}
     if record.get("zeroshot"):
-        row["mean_acc"] = 100 * record["zeroshot"]["mean_acc"]
-    row["seconds"] = record["seconds"]["total"]
-    row["peak_memory_mb"] = record["peak_memory_mb"]
-    return row
+        out["mean_acc"] = 100 * record["zeroshot"]["mean_acc"]
+    out["seconds"] = record["seconds"]["prune"]
+    out["peak_memory_mb"] = record["peak_memory_mb"]
+    return out
 
 
-def table(configs: list[RunConfig], progress: bool = True) -> pd.DataFrame:
+def table(configs: list[RunConfig], profile: str, progress: bool = True) -> pd.DataFrame:
     """One row per config: its record's headline numbers (computing the runs that are missing)."""
-    return pd.DataFrame([_row(records.run(c, progress=progress)) for c in configs])
+    return pd.DataFrame([row(records.run(c, progress=progress), SUBSET[profile]) for c in configs])
 
 
-def error_reduction(base: RunConfig, criteria=CRITERIA, schemes=SCHEMES) -> pd.DataFrame:
-    """Finding 1: final calibration error per criterion × scheme, the reduction versus LR, and the
-    paper's numbers for the same cell."""
-    df = table([base.replace(criterion=c, recon=s) for c in criteria for s in schemes])
-    lr = df[df.recon == "lr"].set_index("criterion").final_error
-    df["reduction_vs_lr_%"] = 100 * (1 - df.final_error / df.criterion.map(lr))
-    for model in PAPER_MODELS:
-        df[f"paper_{model}_error"] = [paper.lookup(model, c, s, "final_error") for c, s in zip(df.criterion, df.recon)]
+def spread(df: pd.DataFrame, by: list[str], metrics: list[str]) -> pd.DataFrame:
+    """mean ± sd over seeds, n stated: one row per group, one text column per metric."""
+    def fmt(s):
+        return f"{s.mean():.4g} ± {s.std():.2g}" if len(s) > 1 else f"{s.mean():.4g}"
+    out = df.groupby(by, sort=False)[metrics].agg(fmt)
+    out.insert(0, "n", df.groupby(by, sort=False).size())
+    return out.reset_index()
+
+
+def paired(df: pd.DataFrame, key: str, before, after, metric: str, sign: int = 1) -> list[float]:
+    """Per-seed effect sign · (metric before − metric after), matched on seed."""
+    b = df[df[key] == before].set_index("seed")[metric]
+    a = df[df[key] == after].set_index("seed")[metric]
+    return [sign * (b[s] - a[s]) for s in sorted(set(a.index) & set(b.index))]
+
+
+# ------------------------------------------------------------------ finding 1
+def error_reduction(profile: str, model: str, progress: bool = True) -> pd.DataFrame:
+    df = table(grid.error_reduction_cells(profile, model), profile, progress)
+    lr = df[df.recon == "lr"].set_index(["criterion", "seed"]).final_error
+    df["reduction_vs_lr_%"] = [100 * (1 - e / lr[(c, s)]) for c, s, e in zip(df.criterion, df.seed, df.final_error)]
     return df
 
 
-def curves(base: RunConfig, criteria=CRITERIA, schemes=SCHEMES) -> pd.DataFrame:
-    """Per-block errors in long form: criterion, recon, block, data ('calibration' or a test set), error."""
-    rows = []
-    for c in criteria:
-        for s in schemes:
-            record = records.run(base.replace(criterion=c, recon=s))
-            series = {"calibration": record["block_error"], **record["test_block_error"]}
-            rows += [{"criterion": c, "recon": s, "block": i, "data": name, "error": e}
-                     for name, errors in series.items() for i, e in enumerate(errors)]
+def paper_errors() -> pd.DataFrame:
+    rows = [{"criterion": c, "recon": s, **{f"paper {m}": paper.lookup(m, c, s, "final_error") for m in PAPER_MODELS}}
+            for c in CRITERIA for s in SCHEMES]
     return pd.DataFrame(rows)
 
 
-def overfitting(base: RunConfig, criteria=CRITERIA) -> pd.DataFrame:
-    """Finding 2: calibration versus test error, perplexity and accuracy, without and with CR."""
-    df = table([base.replace(criterion=c, recon=s) for c in criteria for s in ("br+gp", "br+gp+cr")])
-    for model in PAPER_MODELS:
-        df[f"paper_{model}_test_error"] = [paper.lookup(model, c, s, "test_error_wikitext2")
-                                           for c, s in zip(df.criterion, df.recon)]
-    return df
+def verdict_error_reduction(df: pd.DataFrame) -> dict:
+    """Each of LR→BR, BR→BR+GP, BR+GP→BR+GP+CR lowers the final error, for every criterion."""
+    parts = {}
+    for c in df.criterion.unique():
+        d = df[df.criterion == c]
+        for a, b in STEPS:  # relative reduction per seed, in %
+            e = [100 * x / d[(d.recon == a) & (d.seed == s)].final_error.iloc[0]
+                 for x, s in zip(paired(d, "recon", a, b, "final_error"), sorted(d.seed.unique()))]
+            parts[f"{c} {LABELS[a]}→{LABELS[b]}"] = (e, verdict(e))
+    return _verdict("1. BR, GP and CR each lower the final error", parts, "error reduction, %")
 
 
-def sweep(base: RunConfig, field: str, values) -> pd.DataFrame:
-    """How the calibration/test gap moves along one config field (epochs, n_calib, self_gen, …)."""
-    return table([base.replace(**{field: v}) for v in values])
+def _verdict(finding: str, parts: dict, unit: str) -> dict:
+    table = pd.DataFrame([{"part": k, f"effect ({unit})": mean_se(e), "verdict": w} for k, (e, w) in parts.items()])
+    return {"finding": finding, "parts": table, "verdict": combine(w for _, w in parts.values())}
 
 
-def dense(base: RunConfig) -> dict:
-    return records.dense(base)
+# ------------------------------------------------------------------ finding 2
+def overfitting(profile: str, model: str, progress: bool = True) -> pd.DataFrame:
+    """SparseGPT BR+GP and BR+GP+CR, every seed (the rows finding 1 computed)."""
+    configs = [c for c in grid.error_reduction_cells(profile, model)
+               if c.criterion == "sparsegpt" and c.recon in ("br+gp", "br+gp+cr")]
+    return table(configs, profile, progress)
 
 
-def _word(flags) -> str:
-    flags = list(flags)
-    return "holds" if all(flags) else "partly holds" if any(flags) else "does not hold"
+def verdict_overfitting(df: pd.DataFrame) -> dict:
+    """CR lowers the calibration error, raises the test error on every test set, and raises perplexity."""
+    parts = {"calibration error falls": paired(df, "recon", "br+gp", "br+gp+cr", "final_error")}
+    for col in [c for c in df.columns if c.startswith(("test_error_", "ppl_"))]:
+        what = col.replace("test_error_", "test error ").replace("ppl_", "perplexity ")
+        parts[f"{what} rises"] = paired(df, "recon", "br+gp", "br+gp+cr", col, sign=-1)
+    return _verdict("2. CR overfits: calibration error falls, test error and perplexity rise (SparseGPT)",
+                    {k: (e, verdict(e)) for k, e in parts.items()}, "BR+GP → BR+GP+CR")
 
 
-STEPS = (("lr", "br"), ("br", "br+gp"), ("br+gp", "br+gp+cr"))
+def sweep(profile: str, model: str, field: str, progress: bool = True) -> pd.DataFrame:
+    return table(grid.sweep_cells(profile, model, field), profile, progress)
 
 
-def verdict_error_reduction(base: RunConfig) -> dict:
-    f1 = error_reduction(base)
-    by = f1.pivot(index="criterion", columns="recon", values="final_error")
-    # a step that does not lower the error, per criterion, named with its numbers
-    misses = {c: [f"{b.upper()} {by.loc[c, b]:.4g} ≥ {a.upper()} {by.loc[c, a]:.4g}" for a, b in STEPS
-                  if not by.loc[c, b] < by.loc[c, a]] for c in by.index}
-    cut = f1[f1.recon == "br+gp+cr"].set_index("criterion")["reduction_vs_lr_%"]
-    ours = ", ".join(f"{c} {v:.0f}%" for c, v in cut.items()) + " below LR"
-    ours += "".join(f"; {c}: {', '.join(m)}" for c, m in misses.items() if m)
-    return {"finding": "1. BR, GP and CR each lower the final error",
-            "paper": "87–94% below LR (LLaMA-7B), 79–96% (OPT-125M)",
-            "ours": ours, "holds": _word(not m for m in misses.values())}
+# ------------------------------------------------------------------ finding 3
+def verdict_self_generated(df: pd.DataFrame) -> dict:
+    """Adding the most self-generated windows lowers the test error on every set and the perplexity."""
+    most = df.self_gen.max()
+    parts = {}
+    for col in [c for c in df.columns if c.startswith(("test_error_", "ppl_"))]:
+        what = col.replace("test_error_", "test error ").replace("ppl_", "perplexity ")
+        parts[f"{what} falls"] = paired(df, "self_gen", 0, most, col)
+    return _verdict(f"3. Self-generated calibration (+{most}) lowers test error and perplexity",
+                    {k: (e, verdict(e)) for k, e in parts.items()}, f"0 → {most} self-generated")
 
 
-def _moves(before: pd.Series, after: pd.Series, prefixes=("test_error_", "ppl_")) -> tuple[str, dict[str, bool]]:
-    """'test wikitext2 212→219, …, ppl ptb 318.18→322.56' and {column: rose?} over every test set and corpus."""
-    cols = [c for c in before.index if c.startswith(prefixes) and pd.notna(before[c])]
-    text = ", ".join(f"{c.replace('test_error_', 'test ').replace('ppl_', 'ppl ')} "
-                     + (f"{before[c]:.2f}→{after[c]:.2f}" if c.startswith("ppl_") else f"{before[c]:.3g}→{after[c]:.3g}")
-                     for c in cols)
-    return text, {c: bool(after[c] > before[c]) for c in cols}
+def dense(profile: str, model: str, full: bool = False) -> dict:
+    return records.dense(grid.dense_cell(profile, model, full))
 
 
-def verdict_overfitting(base: RunConfig) -> dict:
-    """Holds where CR lowers the calibration error and raises the test error on every test set; partly where
-    it raises it on some."""
-    f2 = overfitting(base, criteria=("sparsegpt",)).set_index("recon")
-    gp, cr = f2.loc["br+gp"], f2.loc["br+gp+cr"]
-    moves, rose = _moves(gp, cr, ("test_error_",))
-    ppl, _ = _moves(gp, cr, ("ppl_",))
-    first = f"test_error_{base.test_error[0]}"
-    falls = cr.final_error < gp.final_error
-    return {"finding": "2. CR overfits: calibration error falls, test error rises (SparseGPT)",
-            "paper": "LLaMA-7B: calib 0.48→0.37, test 2.30→2.53; OPT-125M does not overfit",
-            "ours": f"calib {gp.final_error:.3g}→{cr.final_error:.3g}, {moves} ({cr[first] / cr.final_error:.1f}× "
-                    f"calib on {base.test_error[0]}); {ppl}",
-            "holds": _word(falls and r for r in rose.values())}
-
-
-def verdict_self_generated(base: RunConfig, self_gen: int) -> dict:
-    """Holds where the self-generated windows lower the test error and perplexity on every set; partly where
-    on some."""
-    f3 = sweep(base.replace(criterion="sparsegpt", recon="br+gp+cr"), "self_gen", [0, self_gen]).set_index("self_gen")
-    real, mixed = f3.loc[0], f3.loc[self_gen]
-    moves, rose = _moves(real, mixed)
-    return {"finding": "3. Self-generated calibration lowers test error and perplexity",
-            "paper": "LLaMA-7B BR+GP+CR: test 2.53→~1.78, wiki 6.83→~6.60",
-            "ours": f"+{self_gen} self-generated: {moves}",
-            "holds": _word(not r for r in rose.values())}
-
-
-def verdicts(base: RunConfig, self_gen: int) -> pd.DataFrame:
-    """finding → paper → ours → holds, from the records of the three findings' runs."""
-    return pd.DataFrame([verdict_error_reduction(base), verdict_overfitting(base),
-                         verdict_self_generated(base, self_gen)])
+def curves(profile: str, model: str, data: str = "calibration") -> pd.DataFrame:
+    """Per-block errors in long form (model, seed, criterion, recon, block, error): the compounding."""
+    out = []
+    for c in grid.error_reduction_cells(profile, model):
+        r = records.run(c)
+        errors = r["block_error"] if data == "calibration" else r["test_block_error"][data]
+        out += [{"model": model, "seed": c.seed, "criterion": c.criterion, "recon": c.recon, "block": i, "error": e}
+                for i, e in enumerate(errors)]
+    return pd.DataFrame(out)

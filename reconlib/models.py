@@ -65,7 +65,12 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=out.name + ".part-"))
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    os.replace(tmp, out)  # atomic: a crashed conversion leaves no half-written cache
+    try:
+        os.replace(tmp, out)  # atomic: a crashed conversion leaves no half-written cache
+    except OSError:
+        if not (out / "config.json").exists():
+            raise
+        shutil.rmtree(tmp)  # a process beside this one (grid workers) converted the same file first
 
 
 def _gguf_cache(gguf: Path, label: str) -> Path:

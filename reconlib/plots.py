@@ -1,7 +1,7 @@
-"""One function per recurring figure. Each returns the matplotlib Figure; notebooks only call them."""
+"""One function per recurring figure. Each returns the matplotlib Figure; notebooks only call them.
+Error bars are one standard deviation over seeds."""
 from __future__ import annotations
 
-import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
@@ -9,43 +9,46 @@ SCHEME_ORDER = ["lr", "br", "br+gp", "br+gp+cr"]
 LABELS = {"lr": "LR", "br": "BR", "br+gp": "BR+GP", "br+gp+cr": "BR+GP+CR"}
 
 
-def block_error_curves(curves: pd.DataFrame, data: str = "calibration"):
-    """Per-block normalized error (log y) for each scheme, one panel per criterion: the compounding."""
-    df = curves[curves.data == data].assign(scheme=lambda d: d.recon.map(LABELS))
-    grid = sns.relplot(df, x="block", y="error", hue="scheme", hue_order=[LABELS[s] for s in SCHEME_ORDER],
-                       col="criterion", kind="line", marker="o", height=3.2, aspect=1.1)
+def _schemes(df: pd.DataFrame) -> pd.DataFrame:
+    return df.assign(scheme=df.recon.map(LABELS))
+
+
+def block_error_curves(curves: pd.DataFrame):
+    """Per-block normalized error (log y), mean ± sd over seeds, one panel per model and criterion."""
+    grid = sns.relplot(_schemes(curves), x="block", y="error", hue="scheme", hue_order=[LABELS[s] for s in SCHEME_ORDER],
+                       row="model", col="criterion", kind="line", errorbar="sd", height=2.6, aspect=1.2,
+                       facet_kws={"sharey": "row", "sharex": "row"})
     grid.set(yscale="log")
-    grid.set_axis_labels("block i", f"error at block i ({data})")
+    grid.set_titles("{row_name} · {col_name}")
+    grid.set_axis_labels("block i", "error at block i")
     return grid.figure
 
 
 def final_error_bars(df: pd.DataFrame):
-    """Final-block error per criterion and scheme (log y)."""
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    sns.barplot(df.assign(scheme=df.recon.map(LABELS)), x="criterion", y="final_error", hue="scheme",
-                hue_order=[LABELS[s] for s in SCHEME_ORDER], ax=ax)
-    ax.set_yscale("log")
-    ax.set_ylabel("final-block error (calibration)")
-    return fig
+    """Final-block calibration error per criterion and scheme (log y), mean ± sd over seeds, a panel per model."""
+    grid = sns.catplot(_schemes(df), x="criterion", y="final_error", hue="scheme", col="model", kind="bar",
+                       hue_order=[LABELS[s] for s in SCHEME_ORDER], errorbar="sd", sharey=False, height=3.2, aspect=1.2)
+    grid.set(yscale="log")
+    grid.set_axis_labels("", "final-block error (calibration)")
+    return grid.figure
 
 
-def calib_vs_test(df: pd.DataFrame, test: str):
-    """Calibration error against test error per run; an arrow-free scatter labelled by scheme."""
-    fig, ax = plt.subplots(figsize=(5, 4))
-    sns.scatterplot(df.assign(scheme=df.recon.map(LABELS)), x="final_error", y=f"test_error_{test}",
-                    hue="criterion", style="scheme", s=80, ax=ax)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("final error, calibration data")
-    ax.set_ylabel(f"final error, {test} test windows")
-    return fig
+def paired_change(df: pd.DataFrame, key: str, before, after, metrics: list[str]):
+    """Each seed's move from `before` to `after` of `key`, one line per seed, a panel per model and metric."""
+    d = df[df[key].isin([before, after])].melt(id_vars=["model", "seed", key], value_vars=metrics, var_name="metric")
+    d[key] = d[key].map({before: str(before), after: str(after)} if key != "recon" else LABELS)
+    grid = sns.relplot(d, x=key, y="value", units="seed", estimator=None, row="model", col="metric", kind="line",
+                       marker="o", height=2.6, aspect=0.9, facet_kws={"sharey": False})
+    grid.set_titles("{row_name} · {col_name}")
+    grid.set_axis_labels("", "")
+    return grid.figure
 
 
 def metric_vs(df: pd.DataFrame, x: str, metrics: list[str]):
-    """Several metrics against one swept field, one panel each."""
-    fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 3.2), squeeze=False)
-    for ax, metric in zip(axes[0], metrics):
-        sns.lineplot(df, x=x, y=metric, marker="o", ax=ax)
-        ax.set_title(metric)
-    fig.tight_layout()
-    return fig
+    """Metrics against one swept field, mean ± sd where a point has several seeds, a row per model."""
+    d = df.melt(id_vars=["model", "seed", x], value_vars=metrics, var_name="metric")
+    grid = sns.relplot(d, x=x, y="value", row="model", col="metric", kind="line", marker="o", errorbar="sd",
+                       err_style="bars", height=2.6, aspect=1.0, facet_kws={"sharey": False})
+    grid.set_titles("{row_name} · {col_name}")
+    grid.set_axis_labels(x, "")
+    return grid.figure

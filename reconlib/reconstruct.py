@@ -23,11 +23,13 @@ from tqdm.auto import tqdm
 from . import arch, criteria, sparsegpt
 from .config import RunConfig
 from .streams import Streams, on, run
+from .streams import store_folder as streams_store
 
 
 @dataclass
 class Result:
     block_error: list[float]                    # calibration error after each block (method.md §4)
+    block_error_from1: list[float]              # the same without position 0 (massive activations)
     test_block_error: dict[str, list[float]]    # the same on held-out windows, per test set
     layer_sparsity: dict[str, float]            # "i.name" → achieved fraction of zeros
     sparsity: float                             # over all pruned layers
@@ -139,12 +141,15 @@ def train(unit_blocks, masks: list[dict], x_sparse, target, kwargs: list[dict], 
 
 
 def prune(model, config: RunConfig, calib: torch.Tensor, test: dict[str, torch.Tensor] | None = None,
-          extra: torch.Tensor | None = None, progress: bool = True) -> Result:
+          extra: torch.Tensor | None = None, progress: bool = True, store: Path | None = None,
+          model_id: str | None = None) -> Result:
     """Prune and reconstruct `model` in place, block by block (method.md §1–4).
 
     calib: (n, T) real calibration windows; they alone feed the mask statistics and the reported error.
     extra: (k, T) self-generated windows, added to the real ones for reconstruction only (method.md §5).
     test: {name: (W, T)} held-out windows, propagated through both models for the test error.
+    store, model_id: a folder where the dense stream of these windows through the model called `model_id` is
+    kept for later runs (streams.py); the numbers are the same with and without it.
     """
     start_time = time.perf_counter()
     device, amp = device_of(config)
@@ -161,20 +166,26 @@ def prune(model, config: RunConfig, calib: torch.Tensor, test: dict[str, torch.T
     n_real = calib.shape[0]
     ids = calib if extra is None or len(extra) == 0 else torch.cat([calib, extra])
     x, kwargs = arch.capture(model, ids, config.batch_size)
-    calib_streams = Streams(x, x)  # x_0 = x̄_0
-    test_streams = {name: Streams(*(arch.capture(model, w, config.batch_size)[0],) * 2)
-                    for name, w in (test or {}).items()}
-    result = Result([], {name: [] for name in test_streams}, {}, 0.0, [], 0.0, 0.0)
+
+    def streams(x, windows):
+        folder = store and streams_store(store, model_id or config.model, windows, config.batch_size, device, amp)
+        return Streams(x, folder)
+
+    calib_streams = streams(x, ids)
+    test_streams = {name: streams(arch.capture(model, w, config.batch_size)[0], w) for name, w in (test or {}).items()}
+    result = Result([], [], {name: [] for name in test_streams}, {}, 0.0, [], 0.0, 0.0)
     dense = {}  # i → w̄_i, a copy kept until the streams pass block i
     pos = 0     # the streams hold the inputs of block `pos`
+    args = (dense, kwargs, device, config.batch_size, amp)
 
     def advance():
         nonlocal pos
-        block_dense = dense.pop(pos)
-        args = (layers[pos], block_dense, kwargs[pos], device, config.batch_size, amp)
-        result.block_error.append(calib_streams.advance(*args, n_error=n_real))
+        error, error_from1 = calib_streams.advance(layers[pos], *args, n_error=n_real)
+        result.block_error.append(error)
+        result.block_error_from1.append(error_from1)
         for name, s in test_streams.items():
-            result.test_block_error[name].append(s.advance(*args))
+            result.test_block_error[name].append(s.advance(layers[pos], *args)[0])
+        del dense[pos]
         pos += 1
 
     bar = tqdm(units, desc=f"{config.criterion} {config.sparsity} {config.recon}", disable=not progress)
@@ -192,10 +203,12 @@ def prune(model, config: RunConfig, calib: torch.Tensor, test: dict[str, torch.T
                            device, config.batch_size, amp)
                 result.masks[i] = choose_masks(layers[i], x_in, kwargs[i], config, device)
             if config.train_epochs:
-                source = calib_streams.x_dense if "gp" in config.recon else calib_streams.x_sparse
-                with on(device, *(dense[i] for i in unit)):
-                    target = run([dense[i] for i in unit], source, [kwargs[i] for i in unit], device,
-                                 config.batch_size, amp)
+                if "gp" in config.recon:  # g(w̄; x̄): the dense stream at the unit's end
+                    target = calib_streams.x_dense(unit[-1] + 1, *args)
+                else:                     # g(w̄; x): the dense unit on the sparse stream
+                    with on(device, *(dense[i] for i in unit)):
+                        target = run([dense[i] for i in unit], calib_streams.x_sparse, [kwargs[i] for i in unit],
+                                     device, config.batch_size, amp)
                 loss = train(unit_blocks, [result.masks[i] for i in unit], calib_streams.x_sparse, target,
                              [kwargs[i] for i in unit], config, device, amp, seed=config.seed * 100003 + t)
                 result.unit_loss.append(loss)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import platform
 import subprocess
@@ -17,7 +18,7 @@ from pathlib import Path
 import torch
 
 from . import data, evaluate, models, reconstruct
-from .config import RunConfig
+from .config import RunConfig, from_dict
 
 DENSE_FIELDS = ("model", "seq_len", "ppl", "max_eval_windows", "zeroshot", "zeroshot_limit", "device")
 
@@ -35,6 +36,11 @@ def _local_stamp(model: str) -> str:
     files = [root] if root.is_file() else sorted(f for f in root.rglob("*") if f.is_file())
     blob = json.dumps([(str(f.relative_to(root.parent)), f.stat().st_size, f.stat().st_mtime_ns) for f in files])
     return "-" + hashlib.sha256(blob.encode()).hexdigest()[:8]
+
+
+def _model_id(model: str) -> str:
+    """What the model's weights are: an embedded model's converted folder is named by its GGUF's digest."""
+    return Path(models.resolve(model)).name if model in models.EMBEDDED else model + _local_stamp(model)
 
 
 def path(config: RunConfig) -> Path:
@@ -63,6 +69,15 @@ def read(file: Path) -> dict | None:
     return json.loads(file.read_text()) if file.is_file() else None
 
 
+def source_digest() -> str:
+    """sha256 of the library's own files (code and the paper's numbers): which code wrote a record, even
+    where git is absent or the tree had uncommitted changes."""
+    h = hashlib.sha256()
+    for f in sorted(Path(__file__).parent.glob("*.py")) + [Path(__file__).with_name("paper_numbers.csv")]:
+        h.update(f.name.encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def environment() -> dict:
     import transformers
 
@@ -74,7 +89,7 @@ def environment() -> dict:
     return {
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "transformers": transformers.__version__},
-        "git_commit": commit,
+        "git_commit": commit, "source_digest": source_digest(),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                     "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
     }
@@ -88,13 +103,14 @@ def _bos(model, tokenizer, config: RunConfig) -> int | None:
     return tokenizer.bos_token_id if models.needs_bos(model) else None
 
 
-def _evaluate(model, tokenizer, config: RunConfig, bos, device) -> tuple[dict, dict, dict]:
+def _evaluate(model, tokenizer, config: RunConfig, bos, device) -> tuple[dict, dict, dict, dict]:
     model.to(device)
-    ppl, zs, seconds = {}, None, {}
+    ppl, nll, zs, seconds = {}, {}, None, {}
     for name in config.ppl:
         start = time.perf_counter()
         windows = data.eval_windows(name, tokenizer, config.seq_len, bos, config.max_eval_windows)
-        ppl[name] = evaluate.perplexity(model, windows)
+        nll[name] = evaluate.window_nll(model, windows)
+        ppl[name] = math.exp(math.fsum(nll[name]) / len(nll[name]))
         seconds[f"ppl_{name}"] = time.perf_counter() - start
     if config.zeroshot:
         from .zeroshot import zero_shot
@@ -102,7 +118,7 @@ def _evaluate(model, tokenizer, config: RunConfig, bos, device) -> tuple[dict, d
         start = time.perf_counter()
         zs = zero_shot(model, tokenizer, list(config.zeroshot), limit=config.zeroshot_limit or None)
         seconds["zeroshot"] = time.perf_counter() - start
-    return ppl, zs, seconds
+    return ppl, nll, zs, seconds
 
 
 def dense(config: RunConfig) -> dict:
@@ -114,23 +130,16 @@ def dense(config: RunConfig) -> dict:
     model, tokenizer = models.load_model(config.model)
     loaded = time.perf_counter() - started
     bos = _bos(model, tokenizer, config)
-    ppl, zs, seconds = _evaluate(model, tokenizer, config, bos, reconstruct.device_of(config)[0])
-    record = {"config": {k: config.to_dict()[k] for k in DENSE_FIELDS}, "ppl": ppl, "zeroshot": zs,
+    ppl, nll, zs, seconds = _evaluate(model, tokenizer, config, bos, reconstruct.device_of(config)[0])
+    record = {"config": {k: config.to_dict()[k] for k in DENSE_FIELDS}, "ppl": ppl, "ppl_windows": nll, "zeroshot": zs,
               "seconds": {"load": loaded, **seconds}, **environment(), "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+    record = seal(record)
     write(file, record)
     return record
 
 
-def run(config: RunConfig, progress: bool = True, out: str | Path | None = None) -> dict:
-    """The record of a pruning run: loaded when it exists, computed and written otherwise.
-
-    With `out`, the pruned model is also saved there (an HF folder, see models.save_pruned); a finished
-    run whose folder is missing is computed again, since only the run holds the model.
-    """
-    file = path(config)
-    saved = out is None or read(Path(out) / "reconlib_config.json") == config.to_dict()
-    if saved and (record := read(file)) is not None:
-        return record
+def compute(config: RunConfig, progress: bool = True, out: str | Path | None = None) -> dict:
+    """Prune, reconstruct and evaluate one run → its record (not written). With `out`, also save the model."""
     started = time.perf_counter()
     model, tokenizer = models.load_model(config.model)
     bos = _bos(model, tokenizer, config)
@@ -143,24 +152,122 @@ def run(config: RunConfig, progress: bool = True, out: str | Path | None = None)
         # texts twice the window, as the paper cuts 1024-token windows from texts of up to 2048 tokens
         extra = self_generated(model, tokenizer, config.self_gen, config.seq_len, seed=config.seed,
                                text_len=2 * config.seq_len, model_name=config.model)
-    result = reconstruct.prune(model, config, calib, test, extra, progress=progress)
+    result = reconstruct.prune(model, config, calib, test, extra, progress=progress,
+                               store=models.cache_dir() / "dense", model_id=_model_id(config.model))
     device = reconstruct.device_of(config)[0]
-    ppl, zs, seconds = _evaluate(model, tokenizer, config, bos, device)
+    ppl, nll, zs, seconds = _evaluate(model, tokenizer, config, bos, device)
     record = {
-        "key": config.key(), "config": config.to_dict(),
+        "key": config.key(), "config": config.to_dict(), "calib_digest": config.calib_digest,
         "sparsity": result.sparsity, "layer_sparsity": result.layer_sparsity,
         "block_error": result.block_error, "final_error": result.final_error,
+        "block_error_from1": result.block_error_from1,
         "test_block_error": result.test_block_error,
         "test_final_error": {k: v[-1] for k, v in result.test_block_error.items()},
-        "unit_loss": result.unit_loss, "ppl": ppl, "zeroshot": zs,
+        "unit_loss": result.unit_loss, "ppl": ppl, "ppl_windows": nll, "zeroshot": zs,
         "seconds": {"prune": result.seconds, **seconds, "total": time.perf_counter() - started},
         "peak_memory_mb": result.peak_memory_mb, **environment(),
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     if out is not None:
         models.save_pruned(model.cpu(), tokenizer, out, config.to_dict())
-    write(file, record)
     return record
+
+
+def run(config: RunConfig, progress: bool = True, out: str | Path | None = None) -> dict:
+    """The record of a pruning run: read when it exists, computed and written otherwise.
+
+    With `out`, the pruned model is also saved there (an HF folder, see models.save_pruned). A recorded run
+    whose folder is missing is computed again, since only the run holds the model; the stored record then
+    stands, and the new numbers must agree with it (`check`), so a committed record is never overwritten.
+    """
+    file = path(config)
+    record = read(file)
+    if record is not None and (out is None or read(Path(out) / "reconlib_config.json") == config.to_dict()):
+        return record
+    fresh = compute(config, progress, out)
+    if record is not None:
+        check(record, fresh, file.name)
+        return record
+    fresh = seal(fresh)
+    write(file, fresh)
+    return fresh
+
+
+# ------------------------------------------------------------------ integrity and reproducibility
+TOLERANCE = 1e-3  # relative, on every number a finding reads; same machine and code give identical numbers
+RESULT_FIELDS = ("sparsity", "block_error", "block_error_from1", "test_block_error", "ppl", "ppl_windows", "zeroshot")
+
+
+def _body_digest(record: dict) -> str:
+    body = {k: v for k, v in record.items() if k != "digest"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def seal(record: dict) -> dict:
+    """Add the digest of the record's own content: an edited number no longer matches it."""
+    return {**record, "digest": _body_digest(record)}
+
+
+def unsealed(record: dict) -> bool:
+    return record.get("digest") != _body_digest(record)
+
+
+def _numbers(value, where=""):
+    """(path, number) for every number under value: 'block_error[29]', 'ppl.wikitext2', ..."""
+    if isinstance(value, bool) or value is None:
+        return
+    if isinstance(value, (int, float)):
+        yield where, float(value)
+    elif isinstance(value, dict):
+        for k in sorted(value):
+            yield from _numbers(value[k], f"{where}.{k}" if where else k)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _numbers(v, f"{where}[{i}]")
+
+
+def differences(stored: dict, fresh: dict, tolerance: float = TOLERANCE) -> tuple[float, list[str]]:
+    """Largest relative difference over the result fields, and each number beyond `tolerance`."""
+    a = dict(_numbers({k: stored.get(k) for k in RESULT_FIELDS}))
+    b = dict(_numbers({k: fresh.get(k) for k in RESULT_FIELDS}))
+    worst, bad = 0.0, [f"{k}: only in one record" for k in sorted(set(a) ^ set(b))]
+    for k in sorted(set(a) & set(b)):
+        rel = abs(a[k] - b[k]) / max(abs(a[k]), abs(b[k]), 1e-12)
+        worst = max(worst, rel)
+        if rel > tolerance:
+            bad.append(f"{k}: stored {a[k]:.6g}, recomputed {b[k]:.6g} (relative {rel:.2g})")
+    return worst, bad
+
+
+def check(stored: dict, fresh: dict, name: str, tolerance: float = TOLERANCE) -> float:
+    worst, bad = differences(stored, fresh, tolerance)
+    if bad:
+        raise ValueError(f"record {name} does not reproduce (tolerance {tolerance:g} relative): " + "; ".join(bad[:5]))
+    return worst
+
+
+def verify(sample: int = 2, tolerance: float = TOLERANCE, progress: bool = False) -> list[dict]:
+    """Check every record's digest, then recompute the `sample` cheapest pruning records on this machine and
+    compare them with the stored ones. Raises ValueError naming the first record that fails."""
+    folder = results_dir()
+    files = sorted(folder.glob("*.json")) if folder.is_dir() else []
+    stored = {f: json.loads(f.read_text()) for f in files}
+    edited = [f.name for f, r in stored.items() if "digest" in r and unsealed(r)]
+    if edited:
+        raise ValueError(f"record {edited[0]} was changed after it was written (its digest no longer matches); "
+                         f"{len(edited)} such record(s) in {folder}: recompute them (delete, then `make records`)")
+    runs = sorted((f for f in stored if not f.name.startswith("dense-")),
+                  key=lambda f: (stored[f]["seconds"]["total"], f.name))
+    rows = []
+    for f in runs[:sample]:
+        started = time.perf_counter()
+        fresh = compute(from_dict(stored[f]["config"]), progress=progress)
+        worst = check(stored[f], fresh, f.name, tolerance)
+        rows.append({"record": f.name, "config": stored[f]["config"], "max_relative_difference": worst,
+                     "numbers": len(dict(_numbers({k: fresh.get(k) for k in RESULT_FIELDS}))),
+                     "stored_seconds": stored[f]["seconds"]["total"], "seconds": time.perf_counter() - started,
+                     "stored_machine": stored[f]["machine"], "machine": environment()["machine"]})
+    return rows
 
 
 def all_records() -> list[dict]:

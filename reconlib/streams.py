@@ -1,10 +1,18 @@
 """The two activation streams of method.md §1: x_sparse (x_i, through the pruned blocks 0..i-1) and
 x_dense (x̄_i, through the original blocks). Both live on the CPU in fp32 beside a GPU; only the block
-being processed visits the device, one batch at a time."""
+being processed visits the device, one batch at a time.
+
+The dense stream depends only on the model and the windows, not on the run, so it can be shared: with a
+`store` folder, each x̄_i is written once and read back by every later run of the same model and windows
+(every run of a grid shares its test windows, and the runs of one seed their calibration windows).
+"""
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+import hashlib
+import os
+import tempfile
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -46,20 +54,58 @@ def run(blocks: list[nn.Module], x: torch.Tensor, kwargs: list[dict], device: to
         with autocast(device, amp):
             for block, kw in zip(blocks, kwargs):
                 h = arch.run_block(block, h, kw)
-        out[start:start + batch_size] = h.float().cpu()
+        out[start:start + batch_size] = h.float()
     return out
 
 
-@dataclass
-class Streams:
-    x_sparse: torch.Tensor  # (N, T, d): x_i
-    x_dense: torch.Tensor   # (N, T, d): x̄_i
+def store_folder(root: Path, model_id: str, ids: torch.Tensor, batch_size: int, device: torch.device,
+                 amp: torch.dtype | None) -> Path:
+    """Where x̄_1..x̄_L of these windows live: keyed by everything that changes their bits."""
+    h = hashlib.sha256(f"{model_id}|{batch_size}|{device.type}|{amp}|{torch.__version__}|".encode())
+    h.update(ids.contiguous().numpy().tobytes())
+    return Path(root) / h.hexdigest()[:20]
 
-    def advance(self, block: nn.Module, block_dense: nn.Module, kwargs: dict, device: torch.device,
-                batch_size: int, amp: torch.dtype | None = None, n_error: int | None = None) -> float:
+
+class Streams:
+    """x_sparse at the streams' position `pos`, and x̄_j for j ≥ pos, computed only when first asked for."""
+
+    def __init__(self, x: torch.Tensor, store: Path | None = None):
+        self.x_sparse, self.dense, self.pos, self.store = x, {0: x}, 0, store  # x_0 = x̄_0
+
+    def x_dense(self, i: int, blocks_dense: dict, kwargs: list[dict], device, batch_size: int, amp=None):
+        """x̄_i: from memory, from the store, or by pushing x̄_{i-1} through the dense block i-1."""
+        for j in range(max(k for k in self.dense if k <= i), i):
+            x = self._load(j + 1)
+            if x is None:
+                with on(device, blocks_dense[j]):
+                    x = run([blocks_dense[j]], self.dense[j], [kwargs[j]], device, batch_size, amp)
+                self._save(j + 1, x)
+            self.dense[j + 1] = x
+        return self.dense[i]
+
+    def advance(self, block: nn.Module, blocks_dense: dict, kwargs: list[dict], device: torch.device,
+                batch_size: int, amp: torch.dtype | None = None, n_error: int | None = None) -> tuple[float, float]:
         """x_{i+1} = g_i(m ⊙ w; x_i), x̄_{i+1} = g_i(w̄; x̄_i); returns the block error (method.md §4) over
-        the first n_error sequences (the real calibration windows; self-generated ones are left out)."""
-        with on(device, block, block_dense):
-            self.x_sparse = run([block], self.x_sparse, [kwargs], device, batch_size, amp)
-            self.x_dense = run([block_dense], self.x_dense, [kwargs], device, batch_size, amp)
-        return block_error(self.x_dense[:n_error], self.x_sparse[:n_error])
+        the first n_error sequences (the real calibration windows; self-generated ones are left out), and
+        the same without position 0, whose massive activations weigh several times the mean (SmolLM2)."""
+        i = self.pos
+        with on(device, block):
+            self.x_sparse = run([block], self.x_sparse, [kwargs[i]], device, batch_size, amp)
+        x_dense = self.x_dense(i + 1, blocks_dense, kwargs, device, batch_size, amp)
+        del self.dense[i]
+        self.pos = i + 1
+        y_dense, y_sparse = x_dense[:n_error], self.x_sparse[:n_error]
+        return block_error(y_dense, y_sparse), block_error(y_dense[:, 1:], y_sparse[:, 1:])
+
+    def _load(self, i: int) -> torch.Tensor | None:
+        file = self.store / f"{i}.pt" if self.store else None
+        return torch.load(file) if file is not None and file.is_file() else None
+
+    def _save(self, i: int, x: torch.Tensor) -> None:
+        if self.store is None:
+            return
+        self.store.mkdir(parents=True, exist_ok=True)
+        fd, part = tempfile.mkstemp(dir=self.store, suffix=".part")  # atomic: grid workers share the store
+        os.close(fd)
+        torch.save(x, part)
+        os.replace(part, self.store / f"{i}.pt")

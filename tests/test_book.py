@@ -12,11 +12,11 @@ BOOK = ROOT / "book"
 CONFIG = yaml.safe_load((BOOK / "_config.yml").read_text())
 TOC = yaml.safe_load((BOOK / "_toc.yml").read_text())
 MAKEFILE = (ROOT / "Makefile").read_text()
-PARTS = {"Orientation": ["notation"],
+PARTS = {"Orientation": ["notation", "evidence"],
          "Findings": ["_executed/01_error_reduction", "_executed/02_overfitting_tradeoff",
                       "_executed/03_self_generated_calibration"],
          "Using reconlib": ["_executed/00_quickstart", "api"],
-         "Provenance": ["provenance"]}
+         "Provenance": ["provenance", "cost", "reproducibility"]}
 
 
 def toc_files():

@@ -71,3 +71,30 @@ def test_embedded_model_perplexity_is_plausible(capsys):
     code, out = run_cli(capsys, "eval", "--model", "smollm2-135m", "--ppl", "wikitext2", "--seq-len", "256",
                         "--max-windows", "2", "--json")
     assert 10 < json.loads(out.out)["ppl"]["wikitext2"] < 60
+
+
+def test_boolq_after_calibrating_on_boolq_passages_is_refused(capsys, tmp_path):
+    main(["prune", "--model", "tiny-llama", "--calib", "boolq-passages", "--n-calib", "4", "--seq-len", "32",
+          "--batch-size", "2", "--ppl", "", "--test-error", "", "--out", str(tmp_path / "pruned")])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        main(["zeroshot", "--pruned", str(tmp_path / "pruned"), "--tasks", "arc_easy,boolq", "--limit", "3"])
+    assert exit_.value.code == 2 and "contaminated: drop boolq" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["prune", "--model", "tiny-llama", "--calib", "boolq-passages", "--zeroshot", "boolq"])
+    assert "contaminated" in capsys.readouterr().err
+
+
+def test_prune_on_a_local_file_records_its_digest(capsys, tmp_path):
+    corpus = tmp_path / "mine.txt"
+    corpus.write_text(" = A = \n" + " ".join(f"w{i}" for i in range(400)) + "\n")
+    code, out = run_cli(capsys, "prune", "--model", "tiny-llama", "--calib", str(corpus), "--n-calib", "4",
+                        "--seq-len", "32", "--batch-size", "2", "--ppl", "", "--test-error", "", "--json")
+    record = json.loads(Path(json.loads(out.out)["record"]).read_text())
+    assert record["calib_digest"] == reconlib_digest(corpus) and record["config"]["calib"] == str(corpus)
+
+
+def reconlib_digest(path):
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]

@@ -31,7 +31,9 @@ def test_parse_sparsity(text, expected):
     (dict(recon="cr"), "unknown recon"), (dict(n_calib=0), "n_calib"), (dict(seq_len=-1), "seq_len"),
     (dict(epochs=-1), "epochs"), (dict(lr=0), "lr must be > 0"), (dict(self_gen=-2), "self_gen"),
     (dict(batch_size=64, n_calib=32), "larger than the calibration set"), (dict(recon="br", epochs=0), "epochs ≥ 1"),
-    (dict(ppl="wiki"), "unknown corpus"), (dict(device="tpu"), "device"),
+    (dict(ppl="wiki"), "unknown test set"), (dict(device="tpu"), "device"),
+    (dict(calib="/no/such/file.txt"), "unknown calibration corpus.*existing .txt file"),
+    (dict(calib="boolq-passages", zeroshot="boolq,rte"), "contaminated: drop boolq"),
 ])
 def test_bad_values_name_the_problem(bad, words):
     with pytest.raises(ValueError, match=words.replace("(", r"\(").replace(")", r"\)")):
@@ -49,3 +51,14 @@ def test_profiles_are_valid_configs():
     assert profile("cpu", criterion="wanda").criterion == "wanda"
     with pytest.raises(ValueError, match="unknown profile"):
         profile("laptop")
+
+
+def test_a_local_calibration_file_is_keyed_by_its_content_not_its_path(tmp_path):
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    a.write_text("some text " * 100)
+    b.write_text("some text " * 100)
+    ka, kb = RunConfig(calib=str(a)), RunConfig(calib=str(b))
+    assert ka.calib_digest == kb.calib_digest and ka.key() == kb.key()
+    b.write_text("other text " * 100)
+    assert RunConfig(calib=str(b)).key() != ka.key()
+    assert RunConfig().calib_digest is None  # a named corpus is its name

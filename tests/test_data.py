@@ -25,6 +25,51 @@ def test_bos_is_prepended_to_every_window(tokenizer):
     assert torch.equal(w[:, 1:], plain)
 
 
+def test_ptb_is_the_literatures_text_offline_and_from_the_hub(tokenizer, monkeypatch):
+    """method.md §6: sentences stripped, joined with one space (the Hub's ptb_text_only holds them stripped)."""
+    text = data.documents("ptb", "test")[0]
+    assert text.startswith("no it was n't black monday but while") and "  " not in text
+    lines = (data.data_dir() / "ptb/ptb.test.txt").read_text().splitlines()
+    hub_rows = {"sentence": [line.strip() for line in lines]}  # the Hub's rows: one stripped sentence each
+    monkeypatch.setattr(data, "_hub", lambda *a, **k: hub_rows)
+    assert data._from_hub("ptb", "test") == (text,)
+    assert data.eval_windows("ptb", tokenizer, 512).shape == (191, 512)  # 198 with the double spaces
+
+
+def test_wikitext2_valid_is_sixty_articles_of_the_validation_file():
+    docs = data.documents("wikitext2-valid", "train")
+    assert len(docs) == 60 and all(d.startswith(" = ") and not d.startswith(" = = ") for d in docs)
+    text = (data.data_dir() / "wikitext-2-tokenized/valid.txt").read_text()
+    assert "".join(docs) == text[text.index(" = Homarus"):] and not text[:text.index(" = Homarus")].strip()
+    assert docs[0].startswith(" = Homarus gammarus = ")
+
+
+def test_local_corpora_txt_jsonl_and_folder(tokenizer, tmp_path):
+    article = " ".join(f"word{i}" for i in range(300))
+    txt = tmp_path / "c.txt"
+    txt.write_text(f" = First = \n {article}\n = Second = \n {article}\n")
+    assert len(data.documents(str(txt), "train")) == 2
+    jsonl = tmp_path / "c.jsonl"
+    jsonl.write_text('{"text": "%s"}\n\n{"text": "%s"}\n' % (article, article))
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    for i in range(3):
+        (folder / f"{i}.txt").write_text(article)
+    assert len(data.documents(str(jsonl), "train")) == 2 and len(data.documents(str(folder), "train")) == 3
+    x = data.calibration_set(str(folder), tokenizer, 4, 64, seed=0)
+    assert x.shape == (4, 64)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"body": "x"}\n')
+    with pytest.raises(ValueError, match="line 1: expected a JSON object with a string field 'text'"):
+        data.documents(str(bad), "train")
+    short = tmp_path / "short"
+    short.mkdir()
+    (short / "a.txt").write_text("too short")
+    (short / "b.txt").write_text("also short")
+    with pytest.raises(ValueError, match="longer than a window of 64 tokens"):
+        data.calibration_set(str(short), tokenizer, 2, 64)
+
+
 def test_calibration_windows_are_seeded_random_and_held_out(tokenizer):
     a = data.calibration_set("boolq-passages", tokenizer, 4, 64, seed=0)
     b = data.calibration_set("boolq-passages", tokenizer, 4, 64, seed=0)
@@ -51,7 +96,7 @@ def test_missing_corpus_names_the_file_and_the_setting(tokenizer, monkeypatch, t
             data.eval_windows("ptb", tokenizer, 64)
     finally:
         data.documents.cache_clear(), data._stream.cache_clear()
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(ValueError, match="unknown corpus.*no such file"):
         data.documents("/nonexistent/corpus.txt")
 
 

@@ -113,3 +113,24 @@ def test_peak_memory_is_the_runs_own_not_the_processes(windows):
     del big
     result = reconstruct.prune(tiny_model("llama"), config(recon="lr"), calib, progress=False)
     assert result.peak_memory_mb < before + 1000, (before, result.peak_memory_mb)
+
+
+@pytest.mark.parametrize("recon", ["lr", "br+gp+cr"])
+def test_a_stored_dense_stream_gives_the_same_run_and_is_read_back(windows, tmp_path, monkeypatch, recon):
+    """The dense stream is shared between runs through a store; the numbers must not change."""
+    from reconlib import streams
+    from reconlib.models import tiny_model
+
+    calib, test = windows
+    results = []
+    for store in (None, tmp_path, tmp_path):  # without, then the run that writes it, then one that reads it
+        model = tiny_model("llama")
+        if len(results) == 2:  # every x̄ is in the store now: a dense block must never run
+            monkeypatch.setattr(streams.Streams, "_save", lambda *a: pytest.fail("x̄ computed again"))
+        r = reconstruct.prune(model, config(recon=recon, criterion="sparsegpt", epochs=1), calib, {"t": test},
+                              progress=False, store=store, model_id="tiny")
+        results.append((r.block_error, r.test_block_error, [p.clone() for p in model.parameters()]))
+    assert len(list(tmp_path.rglob("*.pt"))) == 2 * 3  # x̄_1..x̄_3 of the calibration and the test windows
+    for errors, test_errors, params in results[1:]:
+        assert errors == results[0][0] and test_errors == results[0][1]
+        assert all(torch.equal(a, b) for a, b in zip(params, results[0][2]))

@@ -28,14 +28,30 @@ def test_sparsegpt_beats_magnitude_and_wanda_on_the_same_layer():
     assert loss > 0
 
 
-def test_unstructured_sparsity_is_exact_per_128_column_block():
+def test_unstructured_prunes_at_or_below_the_rank_threshold_of_each_128_column_block():
     W, _, H = layer_problem(cols=320)  # blocks of 128, 128, 64
     W_hat, mask, _ = sparsegpt.solve(W, H, 0.6)
     for i1 in range(0, 320, 128):
         block = mask[:, i1:i1 + 128]
-        assert (~block).sum().item() == int(block.numel() * 0.6)
+        # the references' rule: everything at or below the score at rank int(0.6 n); no ties in random data
+        assert (~block).sum().item() == int(block.numel() * 0.6) + 1
     assert torch.equal(W_hat == 0, ~mask)
     assert not torch.equal(W_hat[mask], W[mask])  # the survivors were updated (OBS)
+
+
+def test_tied_scores_are_pruned_alike_whatever_the_column_order():
+    """4-bit weights tie often. With H = I there is no error propagation, so the pruned set is the selection
+    alone: permuting the columns must permute the mask, which a tie broken by position would not do."""
+    g = torch.Generator().manual_seed(0)
+    W = torch.randint(-3, 4, (16, 128), generator=g).float()  # 7 levels: heavy ties
+    H = torch.eye(128)
+    perm = torch.randperm(128, generator=g)
+    _, mask, _ = sparsegpt.solve(W, H, 0.5)
+    _, mask_perm, _ = sparsegpt.solve(W[:, perm], H, 0.5)
+    assert torch.equal(mask[:, perm], mask_perm)
+    pruned, kept = W.abs()[~mask], W.abs()[mask]
+    assert pruned.max() < kept.min()  # ties fall on one side together
+    assert (~mask).sum() >= W.numel() // 2
 
 
 def test_n_m_keeps_exactly_n_per_group():
@@ -65,4 +81,4 @@ def test_singular_hessian_raises_the_damping_and_still_solves(caplog, monkeypatc
     assert "retrying" in caplog.text
     assert torch.isfinite(W_hat).all()
     assert (W_hat[:, 3] == 0).all()  # dead input: weights dropped
-    assert (~mask).sum().item() == int(W.numel() * 0.5)
+    assert (~mask).sum().item() >= int(W.numel() * 0.5)

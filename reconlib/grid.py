@@ -1,0 +1,176 @@
+"""The evidence grid: every run that the book's findings read, per profile, and the command that computes
+the missing ones (`python -m reconlib grid`, `make records`).
+
+One function, `cell`, turns (profile, model, seed, criterion, scheme, sweep value) into the RunConfig that
+the findings read, so the grid and the pages can never disagree on which runs there are. A run is computed
+once and recorded at once (records.run); a killed grid resumes at the next unrecorded run.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+from .config import CRITERIA, SCHEMES, RunConfig, profile as base_profile
+from .zeroshot import TASKS
+
+
+@dataclass(frozen=True)
+class Grid:
+    models: dict            # model → seeds; the first seed also carries the single-seed sweep points
+    epochs: tuple           # finding 2: epochs of SparseGPT BR+GP+CR (the profile's value among them)
+    n_calib: tuple          # finding 2: calibration windows
+    self_gen: tuple         # finding 3: self-generated windows added (0 and the largest are read by the verdict)
+    zeroshot_limit: int     # items per zero-shot task, for the dense model and the rows in ZEROSHOT_ROWS
+    full_eval: bool         # the intro table's rows get perplexity on the whole test sets
+
+
+GRIDS = {
+    "smoke": Grid(models={"tiny-llama": (0, 1)}, epochs=(1, 2), n_calib=(4, 8), self_gen=(0, 2),
+                  zeroshot_limit=2, full_eval=False),
+    "cpu": Grid(models={"smollm2-135m": (0, 1, 2), "gemma3-270m": (0,)}, epochs=(1, 2, 4), n_calib=(16, 32, 64),
+                self_gen=(0, 32, 64), zeroshot_limit=100, full_eval=True),
+    "paper": Grid(models={"facebook/opt-125m": (0,)}, epochs=(5, 10), n_calib=(128, 256), self_gen=(0, 256),
+                  zeroshot_limit=0, full_eval=True),
+}
+ZEROSHOT_ROWS = {(c, s) for c in ("sparsegpt", "wanda") for s in ("lr", "br+gp", "br+gp+cr")}
+INTRO_ROWS = {("sparsegpt", "lr"), ("sparsegpt", "br+gp+cr")}  # full test sets, first model and seed
+
+
+def grid(profile: str) -> Grid:
+    if profile not in GRIDS:
+        raise ValueError(f"unknown profile {profile!r}: use one of {', '.join(GRIDS)}")
+    return GRIDS[profile]
+
+
+def base(profile: str, model: str | None = None, **overrides) -> RunConfig:
+    """The profile's config for one of its models (the first by default)."""
+    return base_profile(profile, model=model or next(iter(grid(profile).models)), **overrides)
+
+
+def cell(profile: str, model: str | None = None, seed: int = 0, **fields) -> RunConfig:
+    """The one config the findings read for this point: the profile's base with `fields` on top, plus the
+    evaluation the grid gives that row (zero-shot, whole test sets) on the model's first seed."""
+    config = base(profile, model, seed=seed, **fields)
+    g = grid(profile)
+    first_model, first_seed = next(iter(g.models)), g.models[config.model][0]
+    default = (config.epochs, config.n_calib, config.self_gen) == (base(profile, model).epochs,
+                                                                 base(profile, model).n_calib, 0)
+    row = (config.criterion, config.recon)
+    extra = {}
+    if seed == first_seed and default and row in ZEROSHOT_ROWS:
+        extra |= dict(zeroshot=TASKS, zeroshot_limit=g.zeroshot_limit)
+    if g.full_eval and seed == first_seed and default and row in INTRO_ROWS and config.model == first_model:
+        extra |= dict(max_eval_windows=0)
+    return config.replace(**extra) if extra else config
+
+
+def dense_cell(profile: str, model: str | None = None, full: bool = False) -> RunConfig:
+    """The dense model's evaluation: the fixed subset, or (full) the whole test sets with zero-shot."""
+    g = grid(profile)
+    if full:
+        return base(profile, model, max_eval_windows=0 if g.full_eval else None, zeroshot=TASKS,
+                    zeroshot_limit=g.zeroshot_limit)
+    return base(profile, model)
+
+
+def seeds(profile: str, model: str) -> tuple:
+    return grid(profile).models[model]
+
+
+def error_reduction_cells(profile: str, model: str) -> list[RunConfig]:
+    """Finding 1: every criterion × scheme, every seed."""
+    return [cell(profile, model, s, criterion=c, recon=r) for s in seeds(profile, model) for c in CRITERIA
+            for r in SCHEMES]
+
+
+def sweep_cells(profile: str, model: str, field: str) -> list[RunConfig]:
+    """Finding 2's epochs and n_calib sweeps, finding 3's self_gen (SparseGPT, BR+GP+CR): every value on the
+    first seed; the values a verdict reads (the profile's own and the largest self_gen) on every seed."""
+    values = getattr(grid(profile), field)
+    own = getattr(base(profile, model), field)
+    read = {own, max(values)} if field == "self_gen" else {own}
+    return [cell(profile, model, s, criterion="sparsegpt", recon="br+gp+cr", **{field: v})
+            for v in values for s in seeds(profile, model) if v in read or s == seeds(profile, model)[0]]
+
+
+def runs(profile: str) -> list[RunConfig]:
+    """Every pruning run of the grid, without repeats, in the order the pages read them."""
+    out = {}
+    for model in grid(profile).models:
+        for c in error_reduction_cells(profile, model) + [
+                c for f in ("epochs", "n_calib", "self_gen") for c in sweep_cells(profile, model, f)]:
+            out.setdefault(c.key(), c)
+    return list(out.values())
+
+
+def dense_runs(profile: str) -> list[RunConfig]:
+    return [dense_cell(profile, m, full) for m in grid(profile).models for full in (False, True)]
+
+
+def cost(config: RunConfig) -> float:
+    """A rough relative cost (for the ETA and to start the long runs first): tokens through blocks."""
+    tokens = config.n_calib * config.seq_len
+    trained = config.train_epochs * 3 * (config.n_calib + config.self_gen) * config.seq_len
+    return (tokens * 4 + trained * (2 if config.recon == "br+gp+cr" else 1)
+            + 2 * len(config.test_error) * config.n_test * config.seq_len) / 1e6 + (
+        30 if config.max_eval_windows == 0 else 1) + (10 if config.zeroshot else 0)
+
+
+def _work(item):
+    kind, config = item
+    import torch
+
+    from . import records
+
+    torch.set_num_threads(int(os.environ.get("RECONLIB_THREADS", "1")))
+    started = time.perf_counter()
+    (records.dense if kind == "dense" else records.run)(config, **({} if kind == "dense" else {"progress": False}))
+    return kind, config, time.perf_counter() - started
+
+
+def missing(profile: str) -> list[tuple[str, RunConfig]]:
+    from . import records
+
+    todo = [("dense", c) for c in dense_runs(profile) if not records.dense_path(c).is_file()]
+    todo += [("run", c) for c in runs(profile) if not records.path(c).is_file()]
+    return sorted(todo, key=lambda item: -cost(item[1]))  # the longest first: the pool ends together
+
+
+def compute(profile: str, workers: int = 1, progress: bool = True) -> list:
+    """Compute every missing record of the grid, `workers` runs side by side with one thread each; a record
+    is written the moment its run ends, so a killed grid loses only the runs in flight."""
+    from tqdm.auto import tqdm
+
+    todo = missing(profile)
+    done = []
+    if not todo:
+        return done
+    bar = tqdm(total=sum(cost(c) for _, c in todo), desc=f"grid {profile}: {len(todo)} runs", unit="cost",
+               disable=not progress, bar_format="{desc} {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}] {postfix}")
+    if workers <= 1:
+        results = map(_work, todo)
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+        futures = [pool.submit(_work, item) for item in todo]
+        results = (f.result() for f in as_completed(futures))
+    try:
+        for kind, config, seconds in results:
+            done.append((kind, config, seconds))
+            bar.update(cost(config))
+            bar.set_postfix_str(f"{len(done)}/{len(todo)} done, last: {_label(kind, config)} {seconds:.0f} s")
+    finally:
+        bar.close()
+        if workers > 1:
+            pool.shutdown(cancel_futures=True)
+    return done
+
+
+def _label(kind: str, config: RunConfig) -> str:
+    if kind == "dense":
+        return f"{config.model} dense"
+    sweep = ", ".join(f"{k} {getattr(config, k)}" for k in ("epochs", "n_calib", "self_gen"))
+    return f"{config.model} {config.criterion} {config.recon} seed {config.seed} ({sweep})"

@@ -1,0 +1,95 @@
+"""The evidence grid (reconlib.grid), the verdict rule (findings.verdict) and the record store's checks."""
+import json
+
+import pandas as pd
+import pytest
+
+from reconlib import findings, grid, records
+
+
+@pytest.mark.parametrize("effects, word", [
+    ([1.0, 2.0, 3.0], "holds"),
+    ([-1.0, -2.0, -3.0], "does not hold"),
+    ([1.0, -0.5, 2.0], "not separable from seed noise"),      # signs disagree
+    ([0.1, 0.1, 9.0], "not separable from seed noise"),       # same sign, mean 3.07 < 2 SE (5.97)
+    ([5.0], "not separable from seed noise"),                 # one seed: no standard error
+    ([1.0, 1.0], "holds"),                                    # SE 0: any positive mean exceeds it
+])
+def test_the_verdict_rule(effects, word):
+    assert findings.verdict(effects) == word
+
+
+def test_a_finding_of_several_parts_is_the_and_of_its_parts():
+    assert findings.combine(["holds", "holds"]) == "holds"
+    assert findings.combine(["holds", "does not hold", "not separable from seed noise"]) == "does not hold"
+    assert findings.combine(["holds", "not separable from seed noise"]) == "not separable from seed noise"
+
+
+def synthetic(recon_errors: dict[str, list[float]], criterion="sparsegpt", **columns):
+    """Records-like rows: one per scheme and seed."""
+    rows = []
+    for recon, errors in recon_errors.items():
+        for seed, e in enumerate(errors):
+            rows.append({"model": "m", "criterion": criterion, "recon": recon, "seed": seed, "final_error": e,
+                         **{k: v[recon][seed] for k, v in columns.items()}})
+    return pd.DataFrame(rows)
+
+
+def test_error_reduction_verdict_reads_each_step_per_seed():
+    df = synthetic({"lr": [10, 11, 12], "br": [5, 6, 5], "br+gp": [3, 3.5, 3.2], "br+gp+cr": [2, 2.5, 2.1]})
+    v = findings.verdict_error_reduction(df)
+    assert v["verdict"] == "holds" and list(v["parts"].verdict) == ["holds"] * 3
+    noisy = synthetic({"lr": [10, 11, 12], "br": [5, 6, 5], "br+gp": [3, 3.5, 3.2], "br+gp+cr": [2, 3.6, 3.0]})
+    v = findings.verdict_error_reduction(noisy)  # CR helps on two seeds, hurts on one
+    assert v["verdict"] == "not separable from seed noise"
+    assert v["parts"].set_index("part").verdict["sparsegpt BR+GP→BR+GP+CR"] == "not separable from seed noise"
+
+
+def test_overfitting_verdict_wants_calibration_down_and_test_up():
+    df = synthetic({"br+gp": [3.0, 3.1, 3.2], "br+gp+cr": [2.0, 2.1, 2.2]},
+                   test_error_wikitext2={"br+gp": [10, 11, 12], "br+gp+cr": [11, 12, 13.5]},
+                   ppl_wikitext2={"br+gp": [30, 31, 32], "br+gp+cr": [31, 32, 33]})
+    assert findings.verdict_overfitting(df)["verdict"] == "holds"
+    better = df.assign(test_error_wikitext2=[10, 11, 12, 9, 10, 11])  # CR lowers the test error on every seed
+    v = findings.verdict_overfitting(better)
+    assert v["verdict"] == "does not hold"
+    assert v["parts"].set_index("part").verdict["test error wikitext2 rises"] == "does not hold"
+
+
+def test_the_smoke_grid_is_computed_resumed_and_verified(monkeypatch):
+    todo = grid.missing("smoke")
+    assert len(todo) == len(grid.runs("smoke")) + len(grid.dense_runs("smoke"))
+    grid.compute("smoke", workers=2, progress=False)  # two processes, one thread each
+    assert grid.missing("smoke") == []
+    victim = records.path(grid.cell("smoke", seed=1, criterion="wanda", recon="br"))
+    kept = {f: f.stat().st_mtime_ns for f in records.results_dir().glob("*.json") if f != victim}
+    victim.unlink()
+    assert [c.key() for _, c in grid.missing("smoke")] == [victim.stem]
+    grid.compute("smoke", workers=1, progress=False)
+    assert victim.is_file()  # recomputed, and nothing else rewritten
+    assert {f: f.stat().st_mtime_ns for f in kept} == kept
+
+    rows = records.verify(sample=2)
+    assert len(rows) == 2 and all(r["max_relative_difference"] <= records.TOLERANCE for r in rows)
+    verified = {r["record"] for r in rows}
+    others = [json.loads(f.read_text())["seconds"]["total"] for f in records.results_dir().glob("*.json")
+              if not f.name.startswith("dense-") and f.name not in verified]
+    assert max(r["stored_seconds"] for r in rows) <= min(others)  # the cheapest ones
+
+    # a number changed by hand: the record's digest no longer matches, and verify names it
+    record = json.loads(victim.read_text())
+    record["final_error"] *= 1.01
+    victim.write_text(json.dumps(record))
+    with pytest.raises(ValueError, match=f"record {victim.name} was changed after it was written"):
+        records.verify(sample=0)
+
+
+def test_verify_names_a_record_that_does_not_reproduce(monkeypatch):
+    config = grid.cell("smoke", criterion="magnitude", recon="lr")
+    records.run(config, progress=False)
+    file = records.path(config)
+    record = json.loads(file.read_text())
+    record["block_error"][1] *= 1.5
+    file.write_text(json.dumps(records.seal({k: v for k, v in record.items() if k != "digest"})))  # a valid digest
+    with pytest.raises(ValueError, match=f"record {file.name} does not reproduce.*block_error\\[1\\]"):
+        records.verify(sample=1)
