@@ -109,7 +109,7 @@ def dense_runs(profile: str) -> list[RunConfig]:
 
 
 def cost(config: RunConfig) -> float:
-    """A rough relative cost (for the ETA and to start the long runs first): tokens through blocks."""
+    """A rough relative cost, for the ETA: tokens through blocks, and the long evaluations."""
     tokens = config.n_calib * config.seq_len
     trained = config.train_epochs * 3 * (config.n_calib + config.self_gen) * config.seq_len
     return (tokens * 4 + trained * (2 if config.recon == "br+gp+cr" else 1)
@@ -134,7 +134,7 @@ def missing(profile: str) -> list[tuple[str, RunConfig]]:
 
     todo = [("dense", c) for c in dense_runs(profile) if not records.dense_path(c).is_file()]
     todo += [("run", c) for c in runs(profile) if not records.path(c).is_file()]
-    return sorted(todo, key=lambda item: -cost(item[1]))  # the longest first: the pool ends together
+    return todo  # in the pages' order (first model, seeds, finding 1 first): a partial store is a useful one
 
 
 def compute(profile: str, workers: int = 1, progress: bool = True) -> list:
