@@ -94,7 +94,7 @@ def spread(df: pd.DataFrame, by: list[str], metrics: list[str]) -> pd.DataFrame:
         return f"{s.mean():.4g} ± {s.std():.2g}" if len(s) > 1 else f"{s.mean():.4g}"
     out = df.groupby(by, sort=False)[metrics].agg(fmt)
     out.insert(0, "n", df.groupby(by, sort=False).size())
-    return out.reset_index()
+    return out
 
 
 def paired(df: pd.DataFrame, key: str, before, after, metric: str, sign: int = 1) -> list[float]:
@@ -113,9 +113,9 @@ def error_reduction(profile: str, model: str, progress: bool = True) -> pd.DataF
 
 
 def paper_errors() -> pd.DataFrame:
-    rows = [{"criterion": c, "recon": s, **{f"paper {m}": paper.lookup(m, c, s, "final_error") for m in PAPER_MODELS}}
-            for c in CRITERIA for s in SCHEMES]
-    return pd.DataFrame(rows)
+    """The paper's final errors: a row per criterion, a column per (model, scheme) in the schemes' order."""
+    return pd.DataFrame({(m, LABELS[s]): [paper.lookup(m, c, s, "final_error") for c in CRITERIA]
+                         for m in PAPER_MODELS for s in SCHEMES}, index=pd.Index(CRITERIA, name="criterion"))
 
 
 def verdict_error_reduction(df: pd.DataFrame) -> dict:

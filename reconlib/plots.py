@@ -2,6 +2,7 @@
 Error bars are one standard deviation over seeds."""
 from __future__ import annotations
 
+import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
@@ -13,6 +14,12 @@ def _schemes(df: pd.DataFrame) -> pd.DataFrame:
     return df.assign(scheme=df.recon.map(LABELS))
 
 
+def _done(grid):
+    """Close the figure: the notebooks glue it into the page, and an open one would show a second time."""
+    plt.close(grid.figure)
+    return grid.figure
+
+
 def block_error_curves(curves: pd.DataFrame):
     """Per-block normalized error (log y), mean ± sd over seeds, one panel per model and criterion."""
     grid = sns.relplot(_schemes(curves), x="block", y="error", hue="scheme", hue_order=[LABELS[s] for s in SCHEME_ORDER],
@@ -21,7 +28,7 @@ def block_error_curves(curves: pd.DataFrame):
     grid.set(yscale="log")
     grid.set_titles("{row_name} · {col_name}")
     grid.set_axis_labels("block i", "error at block i")
-    return grid.figure
+    return _done(grid)
 
 
 def final_error_bars(df: pd.DataFrame):
@@ -30,7 +37,7 @@ def final_error_bars(df: pd.DataFrame):
                        hue_order=[LABELS[s] for s in SCHEME_ORDER], errorbar="sd", sharey=False, height=3.2, aspect=1.2)
     grid.set(yscale="log")
     grid.set_axis_labels("", "final-block error (calibration)")
-    return grid.figure
+    return _done(grid)
 
 
 def paired_change(df: pd.DataFrame, key: str, before, after, metrics: list[str]):
@@ -41,7 +48,7 @@ def paired_change(df: pd.DataFrame, key: str, before, after, metrics: list[str])
                        marker="o", height=2.6, aspect=0.9, facet_kws={"sharey": False})
     grid.set_titles("{row_name} · {col_name}")
     grid.set_axis_labels("", "")
-    return grid.figure
+    return _done(grid)
 
 
 def metric_vs(df: pd.DataFrame, x: str, metrics: list[str]):
@@ -51,4 +58,4 @@ def metric_vs(df: pd.DataFrame, x: str, metrics: list[str]):
                        err_style="bars", height=2.6, aspect=1.0, facet_kws={"sharey": False})
     grid.set_titles("{row_name} · {col_name}")
     grid.set_axis_labels(x, "")
-    return grid.figure
+    return _done(grid)

@@ -70,8 +70,8 @@ def cost_markdown(profile: str = "cpu") -> str:
     """The analogue of the paper's Table 6: seconds and peak memory of pruning, per model and scheme."""
     df = pd.concat([findings.error_reduction(profile, m, progress=False) for m in grid.grid(profile).models])
     df["minutes"] = df.seconds / 60
-    out = findings.spread(df, ["model", "recon"], ["minutes", "peak_memory_mb"])
-    out["recon"] = out.recon.map(findings.LABELS)
+    out = findings.spread(df.assign(recon=df.recon.map(findings.LABELS)), ["model", "recon"],
+                          ["minutes", "peak_memory_mb"]).reset_index()
     paper = "LLaMA-7B, SparseGPT, batch 8, peak GPU memory (paper Table 6): LR 3.9 GB, BR 5.7, BR+GP 5.7, BR+GP+CR 10.6."
     return (f"Minutes of pruning (the reconstruction, not the evaluation) and the process's peak resident memory "
             f"(MB), mean ± sd over criteria and seeds, on the machine that wrote the records. {paper}\n\n"
