@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import copy
 import math
+import os
+import shutil
 import resource
 import time
 from dataclasses import dataclass, field
@@ -140,9 +142,12 @@ def train(unit_blocks, masks: list[dict], x_sparse, target, kwargs: list[dict], 
     return epoch_loss / n
 
 
+CHECKPOINT_EVERY = 120.0  # seconds between checkpoints (at unit boundaries); a 7B unit takes minutes
+
+
 def prune(model, config: RunConfig, calib: torch.Tensor, test: dict[str, torch.Tensor] | None = None,
           extra: torch.Tensor | None = None, progress: bool = True, store: Path | None = None,
-          model_id: str | None = None) -> Result:
+          model_id: str | None = None, checkpoint: Path | None = None) -> Result:
     """Prune and reconstruct `model` in place, block by block (method.md §1–4).
 
     calib: (n, T) real calibration windows; they alone feed the mask statistics and the reported error.
@@ -150,6 +155,8 @@ def prune(model, config: RunConfig, calib: torch.Tensor, test: dict[str, torch.T
     test: {name: (W, T)} held-out windows, propagated through both models for the test error.
     store, model_id: a folder where the dense stream of these windows through the model called `model_id` is
     kept for later runs (streams.py); the numbers are the same with and without it.
+    checkpoint: a folder for this run's state at unit boundaries (every CHECKPOINT_EVERY seconds): the same
+    call after a kill resumes there and ends with the same numbers, bit for bit; removed when the run ends.
     """
     start_time = time.perf_counter()
     device, amp = device_of(config)
@@ -177,6 +184,10 @@ def prune(model, config: RunConfig, calib: torch.Tensor, test: dict[str, torch.T
     dense = {}  # i → w̄_i, a copy kept until the streams pass block i
     pos = 0     # the streams hold the inputs of block `pos`
     args = (dense, kwargs, device, config.batch_size, amp)
+    all_streams = {"calib": calib_streams, **{f"test.{k}": v for k, v in test_streams.items()}}
+    first, pos, saved = _resume(checkpoint, layers, dense, all_streams, result) if checkpoint else (0, 0, 0.0)
+    start_time -= saved
+    last_save = time.perf_counter()
 
     def advance():
         nonlocal pos
@@ -188,8 +199,13 @@ def prune(model, config: RunConfig, calib: torch.Tensor, test: dict[str, torch.T
         del dense[pos]
         pos += 1
 
-    bar = tqdm(units, desc=f"{config.criterion} {config.sparsity} {config.recon}", disable=not progress)
-    for t, unit in enumerate(bar):
+    bar = tqdm(units, desc=f"{config.criterion} {config.sparsity} {config.recon}", disable=not progress,
+               initial=first)
+    for t, unit in enumerate(units[first:], start=first):
+        if checkpoint and t > first and time.perf_counter() - last_save >= CHECKPOINT_EVERY:
+            _save(checkpoint, t, pos, layers, dense, all_streams, result, time.perf_counter() - start_time)
+            last_save = time.perf_counter()
+        bar.update(t > first)
         while pos < unit[0]:
             advance()
         unit_blocks = [layers[i] for i in unit]
@@ -213,8 +229,11 @@ def prune(model, config: RunConfig, calib: torch.Tensor, test: dict[str, torch.T
                              [kwargs[i] for i in unit], config, device, amp, seed=config.seed * 100003 + t)
                 result.unit_loss.append(loss)
                 bar.set_postfix(loss=f"{loss:.3g}")
+    bar.close()
     while pos < L:
         advance()
+    if checkpoint:
+        shutil.rmtree(checkpoint, ignore_errors=True)
 
     zeros = total = 0
     for i, block in enumerate(layers):
@@ -227,6 +246,44 @@ def prune(model, config: RunConfig, calib: torch.Tensor, test: dict[str, torch.T
     result.seconds = time.perf_counter() - start_time
     result.peak_memory_mb = peak_memory_mb(device)
     return result
+
+
+def _save(folder: Path, t: int, pos: int, layers, dense: dict, streams: dict, result: Result, elapsed: float):
+    """The run's state before unit t: blocks the streams have passed are final and written once each; the rest
+    (blocks in flight, their dense copies, the streams, the results so far) is rewritten each time."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(pos):
+        if not (folder / f"block{i}.pt").is_file():
+            _atomic_save(layers[i].state_dict(), folder / f"block{i}.pt")
+    state = {"t": t, "pos": pos, "elapsed": elapsed, "result": result.__dict__,
+             "blocks": {i: layers[i].state_dict() for i in result.masks if i >= pos},
+             "dense": {i: b.state_dict() for i, b in dense.items()},
+             "streams": {k: (s.x_sparse, s.dense, s.pos) for k, s in streams.items()}}
+    _atomic_save(state, folder / "state.pt")
+
+
+def _resume(folder: Path, layers, dense: dict, streams: dict, result: Result) -> tuple[int, int, float]:
+    """Load what _save wrote (nothing there: start at unit 0) → (first unit, stream position, seconds spent)."""
+    if not (folder / "state.pt").is_file():
+        return 0, 0, 0.0
+    state = torch.load(folder / "state.pt", weights_only=False)
+    for i in range(state["pos"]):
+        layers[i].load_state_dict(torch.load(folder / f"block{i}.pt"))
+    for i, sd in state["blocks"].items():
+        layers[i].load_state_dict(sd)
+    for i, sd in state["dense"].items():
+        dense[i] = copy.deepcopy(layers[i])
+        dense[i].load_state_dict(sd)
+    for k, (x_sparse, x_dense, pos) in state["streams"].items():
+        streams[k].x_sparse, streams[k].dense, streams[k].pos = x_sparse, x_dense, pos
+    result.__dict__.update(state["result"])
+    return state["t"], state["pos"], state["elapsed"]
+
+
+def _atomic_save(obj, file: Path) -> None:
+    part = file.with_suffix(".part")
+    torch.save(obj, part)
+    os.replace(part, file)
 
 
 def reset_peak_memory(device: torch.device) -> None:

@@ -13,6 +13,7 @@ import platform
 import subprocess
 import tempfile
 import time
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -69,23 +70,33 @@ def read(file: Path) -> dict | None:
     return json.loads(file.read_text()) if file.is_file() else None
 
 
+@lru_cache(maxsize=1)
 def source_digest() -> str:
     """sha256 of the library's own files (code and the paper's numbers): which code wrote a record, even
-    where git is absent or the tree had uncommitted changes."""
+    where git is absent or the tree had uncommitted changes. Read once per process, at import (below), so
+    a file edited while a long grid runs is not credited with records of the code that was loaded."""
     h = hashlib.sha256()
     for f in sorted(Path(__file__).parent.glob("*.py")) + [Path(__file__).with_name("paper_numbers.csv")]:
         h.update(f.name.encode() + b"\0" + f.read_bytes())
     return h.hexdigest()[:16]
 
 
+@lru_cache(maxsize=1)
+def git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent, timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+source_digest(), git_commit()
+
+
 def environment() -> dict:
     import transformers
 
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent, timeout=5).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        commit = None
+    commit = git_commit()
     return {
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "transformers": transformers.__version__},
@@ -153,7 +164,8 @@ def compute(config: RunConfig, progress: bool = True, out: str | Path | None = N
         extra = self_generated(model, tokenizer, config.self_gen, config.seq_len, seed=config.seed,
                                text_len=2 * config.seq_len, model_name=config.model)
     result = reconstruct.prune(model, config, calib, test, extra, progress=progress,
-                               store=models.cache_dir() / "dense", model_id=_model_id(config.model))
+                               store=models.cache_dir() / "dense", model_id=_model_id(config.model),
+                               checkpoint=models.cache_dir() / "checkpoints" / path(config).stem)
     device = reconstruct.device_of(config)[0]
     ppl, nll, zs, seconds = _evaluate(model, tokenizer, config, bos, device)
     record = {

@@ -134,3 +134,53 @@ def test_a_stored_dense_stream_gives_the_same_run_and_is_read_back(windows, tmp_
     for errors, test_errors, params in results[1:]:
         assert errors == results[0][0] and test_errors == results[0][1]
         assert all(torch.equal(a, b) for a, b in zip(params, results[0][2]))
+
+
+@pytest.mark.parametrize("recon, kill_at", [("br+gp+cr", 2), ("br", 1), ("lr", None)])
+def test_a_killed_run_resumes_at_its_checkpoint_and_ends_identical(windows, tmp_path, monkeypatch, recon, kill_at):
+    """Kill after unit k, run the same call again: the record must equal an uninterrupted run's, bit for bit."""
+    from reconlib.models import tiny_model
+
+    calib, test = windows
+    cfg = config(recon=recon, criterion="sparsegpt", epochs=2)
+
+    def run(checkpoint):
+        model = tiny_model("llama")
+        r = reconstruct.prune(model, cfg, calib, {"t": test}, progress=False, checkpoint=checkpoint)
+        return r, [p.clone() for p in model.parameters()]
+
+    whole, whole_params = run(None)
+    monkeypatch.setattr(reconstruct, "CHECKPOINT_EVERY", 0.0)  # a checkpoint at every unit boundary
+    real_train, calls = reconstruct.train, []
+    if kill_at is None:  # LR trains nothing: kill in the statistics of block 2 instead
+        real_choose = reconstruct.choose_masks
+
+        def killed(block, *a, **k):
+            if len(calls) == 2:
+                raise KeyboardInterrupt
+            calls.append(1)
+            return real_choose(block, *a, **k)
+        monkeypatch.setattr(reconstruct, "choose_masks", killed)
+    else:
+        def killed(*a, **k):
+            if len(calls) == kill_at:
+                raise KeyboardInterrupt
+            calls.append(1)
+            return real_train(*a, **k)
+        monkeypatch.setattr(reconstruct, "train", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "ckpt")
+    assert (tmp_path / "ckpt" / "state.pt").is_file()
+    monkeypatch.undo()
+    monkeypatch.setattr(reconstruct, "CHECKPOINT_EVERY", 0.0)
+    name = "choose_masks" if kill_at is None else "train"
+    real, again = getattr(reconstruct, name), []
+    monkeypatch.setattr(reconstruct, name, lambda *a, **k: again.append(1) or real(*a, **k))
+    resumed, resumed_params = run(tmp_path / "ckpt")
+    units = 3 if kill_at is None else len(reconstruct.schedule(recon, 3))
+    assert len(again) == units - len(calls)  # it started where the killed run stopped, not from unit 0
+    assert resumed.block_error == whole.block_error and resumed.test_block_error == whole.test_block_error
+    assert resumed.unit_loss == whole.unit_loss and resumed.sparsity == whole.sparsity
+    assert all(torch.equal(resumed.masks[i][n], whole.masks[i][n]) for i in whole.masks for n in whole.masks[i])
+    assert all(torch.equal(a, b) for a, b in zip(resumed_params, whole_params))
+    assert not (tmp_path / "ckpt").exists()  # removed once the run ends
