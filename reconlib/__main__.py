@@ -53,7 +53,7 @@ def cmd_prune(args) -> dict:
 
     values = {f.name: getattr(args, f.name) for f in fields(RunConfig)}
     config = from_dict(values)
-    record = records.run(config, out=args.out)
+    record = records.run(config, out=args.out, low_memory=args.low_memory)
     keep = ("sparsity", "block_error", "final_error", "test_block_error", "test_final_error", "ppl", "zeroshot",
             "peak_memory_mb", "key")
     return {**{k: record[k] for k in keep}, "seconds": record["seconds"]["total"], "config": record["config"],
@@ -105,7 +105,7 @@ def cmd_grid(args) -> dict:
     todo = grid.missing(args.profile)
     if args.dry_run:
         return {"missing": len(todo), "runs": [grid._label(kind, c) for kind, c in todo]}
-    done = grid.compute(args.profile, workers=args.workers)
+    done = grid.compute(args.profile, workers=args.workers, executor=args.executor, address=args.address)
     return {"computed": len(done), "seconds": sum(s for _, _, s in done)}
 
 
@@ -124,6 +124,8 @@ def main(argv=None) -> int:
     p = sub.add_parser("prune", help="prune and reconstruct a model; one flag per RunConfig field")
     _add_config_flags(p)
     p.add_argument("--out", help="save the pruned model (HF folder) here")
+    p.add_argument("--low-memory", action="store_true",
+                   help="hold one block at a time: read from the safetensors, written to --out as it is final")
     p.set_defaults(func=cmd_prune)
 
     p = sub.add_parser("zeroshot", help="zero-shot accuracy (lm-evaluation-harness definitions)")
@@ -138,6 +140,9 @@ def main(argv=None) -> int:
     p.add_argument("--profile", default="cpu")
     p.add_argument("--workers", type=int, default=1, help="runs side by side, one thread each")
     p.add_argument("--dry-run", action="store_true", help="list the missing runs, compute nothing")
+    p.add_argument("--executor", choices=("process", "ray"), default="process",
+                   help="process: a local pool; ray: a Ray cluster (pip install 'reconlib[distributed]')")
+    p.add_argument("--address", help="ray: a running cluster ('auto', 'ray://head:10001'); none = a local one")
     p.set_defaults(func=cmd_grid)
 
     for name in ("summary", "cost", "rule", "records"):

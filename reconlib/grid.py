@@ -120,6 +120,8 @@ def cost(config: RunConfig) -> float:
 
 
 def _work(item):
+    """One run on a worker (a process of the pool, or a Ray task): its record, computed, not written, so that
+    the driver writes every record into its own store whatever filesystem the worker sees."""
     kind, config = item
     import torch
 
@@ -127,8 +129,8 @@ def _work(item):
 
     torch.set_num_threads(int(os.environ.get("RECONLIB_THREADS", "1")))
     started = time.perf_counter()
-    (records.dense if kind == "dense" else records.run)(config, **({} if kind == "dense" else {"progress": False}))
-    return kind, config, time.perf_counter() - started
+    record = records.compute_dense(config) if kind == "dense" else records.compute(config, progress=False)
+    return kind, config, record, time.perf_counter() - started
 
 
 def missing(profile: str) -> list[tuple[str, RunConfig]]:
@@ -139,10 +141,51 @@ def missing(profile: str) -> list[tuple[str, RunConfig]]:
     return todo  # in the pages' order (first model, seeds, finding 1 first): a partial store is a useful one
 
 
-def compute(profile: str, workers: int = 1, progress: bool = True) -> list:
-    """Compute every missing record of the grid, `workers` runs side by side with one thread each; a record
-    is written the moment its run ends, so a killed grid loses only the runs in flight."""
+def _pool(todo: list, workers: int):
+    """(kind, config, record, seconds) as the runs finish, `workers` processes side by side."""
+    if workers <= 1:
+        yield from map(_work, todo)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(_work, item) for item in todo]
+        try:
+            for f in as_completed(futures):
+                yield f.result()
+        finally:
+            for f in futures:
+                f.cancel()
+
+
+def _ray(todo: list, workers: int, address: str | None):
+    """The same on a Ray cluster: `address` None starts a local one of `workers` CPUs; "auto" or
+    "ray://host:10001" joins a running one, where each run asks for one CPU (and a GPU when it has some)."""
+    import ray
+
+    env = {k: v for k, v in os.environ.items() if k.startswith(("RECONLIB_", "HF_"))} | {"OMP_NUM_THREADS": "1"}
+    ray.init(address=address, num_cpus=None if address else workers, include_dashboard=False,
+             runtime_env={"env_vars": env}, log_to_driver=False, ignore_reinit_error=True)
+    try:
+        remote = ray.remote(_work)
+        gpus = 1 if address and ray.cluster_resources().get("GPU") else 0
+        pending = [remote.options(num_cpus=1, num_gpus=gpus).remote(item) for item in todo]
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            yield ray.get(done[0])
+    finally:
+        ray.shutdown()
+
+
+def compute(profile: str, workers: int = 1, progress: bool = True, executor: str = "process",
+            address: str | None = None) -> list:
+    """Compute every missing record of the grid, `workers` runs side by side with one thread each (a process
+    pool, or Ray with `executor="ray"`); the driver writes each record the moment its run ends, so a killed
+    grid loses only the runs in flight (and a long one resumes at its checkpoint)."""
     from tqdm.auto import tqdm
+
+    from . import records
 
     todo = missing(profile)
     done = []
@@ -150,24 +193,15 @@ def compute(profile: str, workers: int = 1, progress: bool = True) -> list:
         return done
     bar = tqdm(total=sum(cost(c) for _, c in todo), desc=f"grid {profile}: {len(todo)} runs", unit="cost",
                disable=not progress, bar_format="{desc} {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}] {postfix}")
-    if workers <= 1:
-        results = map(_work, todo)
-    else:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor, as_completed
-
-        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
-        futures = [pool.submit(_work, item) for item in todo]
-        results = (f.result() for f in as_completed(futures))
+    results = _ray(todo, workers, address) if executor == "ray" else _pool(todo, workers)
     try:
-        for kind, config, seconds in results:
+        for kind, config, record, seconds in results:
+            records.write(records.dense_path(config) if kind == "dense" else records.path(config), record)
             done.append((kind, config, seconds))
             bar.update(cost(config))
             bar.set_postfix_str(f"{len(done)}/{len(todo)} done, last: {_label(kind, config)} {seconds:.0f} s")
     finally:
         bar.close()
-        if workers > 1:
-            pool.shutdown(cancel_futures=True)
     return done
 
 

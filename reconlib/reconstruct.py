@@ -147,7 +147,7 @@ CHECKPOINT_EVERY = 120.0  # seconds between checkpoints (at unit boundaries); a 
 
 def prune(model, config: RunConfig, calib: torch.Tensor, test: dict[str, torch.Tensor] | None = None,
           extra: torch.Tensor | None = None, progress: bool = True, store: Path | None = None,
-          model_id: str | None = None, checkpoint: Path | None = None) -> Result:
+          model_id: str | None = None, checkpoint: Path | None = None, blocks=None) -> Result:
     """Prune and reconstruct `model` in place, block by block (method.md §1–4).
 
     calib: (n, T) real calibration windows; they alone feed the mask statistics and the reported error.
@@ -157,7 +157,12 @@ def prune(model, config: RunConfig, calib: torch.Tensor, test: dict[str, torch.T
     kept for later runs (streams.py); the numbers are the same with and without it.
     checkpoint: a folder for this run's state at unit boundaries (every CHECKPOINT_EVERY seconds): the same
     call after a kill resumes there and ends with the same numbers, bit for bit; removed when the run ends.
+    blocks: a lazy.Blocks, for a model whose blocks are on the meta device: each is read before its first unit
+    and written out (then dropped) once the streams have passed it.
     """
+    if blocks is not None and checkpoint is not None:
+        raise ValueError("a block-by-block run writes its blocks as it goes and cannot resume from a checkpoint: "
+                         "pass one of blocks and checkpoint")
     start_time = time.perf_counter()
     device, amp = device_of(config)
     layers = arch.blocks(model)
@@ -197,6 +202,10 @@ def prune(model, config: RunConfig, calib: torch.Tensor, test: dict[str, torch.T
         for name, s in test_streams.items():
             result.test_block_error[name].append(s.advance(layers[pos], *args)[0])
         del dense[pos]
+        for name, layer in arch.linears(layers[pos]).items():  # block pos is final now
+            result.layer_sparsity[f"{pos}.{name}"] = (layer.weight == 0).sum().item() / layer.weight.numel()
+        if blocks is not None:
+            blocks.done(pos)
         pos += 1
 
     bar = tqdm(units, desc=f"{config.criterion} {config.sparsity} {config.recon}", disable=not progress,
@@ -209,6 +218,9 @@ def prune(model, config: RunConfig, calib: torch.Tensor, test: dict[str, torch.T
         while pos < unit[0]:
             advance()
         unit_blocks = [layers[i] for i in unit]
+        for i in unit:
+            if blocks is not None and i not in result.masks:
+                blocks.load(i)  # read from its shards before it visits the device
         with on(device, *unit_blocks):
             for j, i in enumerate(unit):
                 if i in result.masks:
@@ -235,13 +247,8 @@ def prune(model, config: RunConfig, calib: torch.Tensor, test: dict[str, torch.T
     if checkpoint:
         shutil.rmtree(checkpoint, ignore_errors=True)
 
-    zeros = total = 0
-    for i, block in enumerate(layers):
-        for name, layer in arch.linears(block).items():
-            z = (layer.weight == 0).sum().item()
-            result.layer_sparsity[f"{i}.{name}"] = z / layer.weight.numel()
-            zeros, total = zeros + z, total + layer.weight.numel()
-    result.sparsity = zeros / total
+    sizes = {f"{i}.{name}": layer.weight.numel() for i in range(L) for name, layer in arch.linears(layers[i]).items()}
+    result.sparsity = sum(round(result.layer_sparsity[k] * n) for k, n in sizes.items()) / sum(sizes.values())
     result.masks = {i: {k: v.cpu() for k, v in m.items()} for i, m in result.masks.items()}
     result.seconds = time.perf_counter() - start_time
     result.peak_memory_mb = peak_memory_mb(device)

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import subprocess
 import tempfile
 import time
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from . import data, evaluate, models, reconstruct
+from . import data, evaluate, lazy, models, reconstruct
 from .config import RunConfig, from_dict
 
 DENSE_FIELDS = ("model", "seq_len", "ppl", "max_eval_windows", "zeroshot", "zeroshot_limit", "device")
@@ -137,22 +138,39 @@ def dense(config: RunConfig) -> dict:
     file = dense_path(config)
     if (record := read(file)) is not None:
         return record
+    record = compute_dense(config)
+    write(file, record)
+    return record
+
+
+def compute_dense(config: RunConfig) -> dict:
     started = time.perf_counter()
     model, tokenizer = models.load_model(config.model)
     loaded = time.perf_counter() - started
     bos = _bos(model, tokenizer, config)
     ppl, nll, zs, seconds = _evaluate(model, tokenizer, config, bos, reconstruct.device_of(config)[0])
-    record = {"config": {k: config.to_dict()[k] for k in DENSE_FIELDS}, "ppl": ppl, "ppl_windows": nll, "zeroshot": zs,
-              "seconds": {"load": loaded, **seconds}, **environment(), "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
-    record = seal(record)
-    write(file, record)
-    return record
+    return seal({"config": {k: config.to_dict()[k] for k in DENSE_FIELDS}, "ppl": ppl, "ppl_windows": nll,
+                 "zeroshot": zs, "seconds": {"load": loaded, **seconds}, **environment(),
+                 "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
 
 
-def compute(config: RunConfig, progress: bool = True, out: str | Path | None = None) -> dict:
-    """Prune, reconstruct and evaluate one run → its record (not written). With `out`, also save the model."""
+def compute(config: RunConfig, progress: bool = True, out: str | Path | None = None, low_memory: bool = False) -> dict:
+    """Prune, reconstruct and evaluate one run → its record (not written). With `out`, also save the model.
+
+    low_memory: read each block from the model's safetensors only while it is processed and write it to `out`
+    (or a temporary folder) as soon as it is final (lazy.py); the same record, at about one block's memory.
+    Evaluation, if the config asks for any, then loads the pruned folder whole.
+    """
     started = time.perf_counter()
-    model, tokenizer = models.load_model(config.model)
+    blocks = None
+    if low_memory:
+        if config.self_gen:
+            raise ValueError("self-generated calibration text needs the whole dense model in memory: drop "
+                             "--low-memory or set self_gen to 0")
+        folder = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="reconlib-pruned-"))
+        model, tokenizer, blocks = lazy.load(config.model, folder)
+    else:
+        model, tokenizer = models.load_model(config.model)
     bos = _bos(model, tokenizer, config)
     calib = data.calibration_set(config.calib, tokenizer, config.n_calib, config.seq_len, config.seed, bos)
     test = {name: data.eval_windows(name, tokenizer, config.seq_len, bos, config.n_test) for name in config.test_error}
@@ -165,7 +183,15 @@ def compute(config: RunConfig, progress: bool = True, out: str | Path | None = N
                                text_len=2 * config.seq_len, model_name=config.model)
     result = reconstruct.prune(model, config, calib, test, extra, progress=progress,
                                store=models.cache_dir() / "dense", model_id=_model_id(config.model),
-                               checkpoint=models.cache_dir() / "checkpoints" / path(config).stem)
+                               checkpoint=None if blocks else models.cache_dir() / "checkpoints" / path(config).stem,
+                               blocks=blocks)
+    if blocks is not None:
+        blocks.finish(tokenizer)
+        (folder / "reconlib_config.json").write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True))
+        if config.ppl or config.zeroshot:
+            model, tokenizer = models.load_model(str(folder))
+        if out is None:
+            shutil.rmtree(folder)
     device = reconstruct.device_of(config)[0]
     ppl, nll, zs, seconds = _evaluate(model, tokenizer, config, bos, device)
     record = {
@@ -180,12 +206,12 @@ def compute(config: RunConfig, progress: bool = True, out: str | Path | None = N
         "peak_memory_mb": result.peak_memory_mb, **environment(),
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    if out is not None:
+    if out is not None and blocks is None:
         models.save_pruned(model.cpu(), tokenizer, out, config.to_dict())
-    return record
+    return seal(record)
 
 
-def run(config: RunConfig, progress: bool = True, out: str | Path | None = None) -> dict:
+def run(config: RunConfig, progress: bool = True, out: str | Path | None = None, low_memory: bool = False) -> dict:
     """The record of a pruning run: read when it exists, computed and written otherwise.
 
     With `out`, the pruned model is also saved there (an HF folder, see models.save_pruned). A recorded run
@@ -196,11 +222,10 @@ def run(config: RunConfig, progress: bool = True, out: str | Path | None = None)
     record = read(file)
     if record is not None and (out is None or read(Path(out) / "reconlib_config.json") == config.to_dict()):
         return record
-    fresh = compute(config, progress, out)
+    fresh = compute(config, progress, out, low_memory)
     if record is not None:
         check(record, fresh, file.name)
         return record
-    fresh = seal(fresh)
     write(file, fresh)
     return fresh
 

@@ -93,3 +93,18 @@ def test_verify_names_a_record_that_does_not_reproduce(monkeypatch):
     file.write_text(json.dumps(records.seal({k: v for k, v in record.items() if k != "digest"})))  # a valid digest
     with pytest.raises(ValueError, match=f"record {file.name} does not reproduce.*block_error\\[1\\]"):
         records.verify(sample=1)
+
+
+def test_the_grid_runs_on_a_two_worker_ray_cluster(capsys, monkeypatch):
+    """`grid --executor ray`: runs dispatched to a local Ray cluster of two CPUs; the driver writes the records."""
+    from reconlib.__main__ import main
+
+    runs = grid.runs("smoke")[:3]  # a small grid: starting Ray and its workers is most of the cost
+    monkeypatch.setattr(grid, "runs", lambda profile: runs)
+    monkeypatch.setattr(grid, "dense_runs", lambda profile: [])
+    todo = grid.missing("smoke")
+    assert len(todo) == 3
+    assert main(["grid", "--profile", "smoke", "--executor", "ray", "--workers", "2", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["computed"] == len(todo)
+    assert grid.missing("smoke") == []
+    assert all(not records.unsealed(json.loads(f.read_text())) for f in records.results_dir().glob("*.json"))

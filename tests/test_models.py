@@ -3,6 +3,7 @@ import torch
 
 from reconlib import arch, models, reconstruct
 from reconlib.config import RunConfig
+from transformers import AutoModelForCausalLM
 
 
 def test_unknown_model_lists_the_known_ones():
@@ -71,3 +72,31 @@ def test_embedded_model_loads_from_the_cache_and_predicts(smollm):
         next_token = model(input_ids=ids).logits[0, -1].argmax()
     assert tokenizer.decode(next_token).strip() == "Paris"
     assert not models.needs_bos(model)
+
+
+def test_a_block_by_block_run_equals_the_in_memory_one(tmp_path):
+    """lazy.load keeps only the embeddings and head in memory; each block is read from the safetensors when its
+    unit starts and written out once the streams pass it. Same errors, same weights, a loadable HF folder."""
+    from reconlib import lazy, reconstruct
+    from reconlib.config import RunConfig
+
+    source = tmp_path / "dense"
+    from transformers import AutoTokenizer
+
+    models.save_pruned(models.tiny_model("llama", vocab_size=256), AutoTokenizer.from_pretrained(
+        models.resolve("smollm2-135m")), source)
+    config = RunConfig(model=str(source), criterion="sparsegpt", recon="br+gp+cr", n_calib=4, seq_len=32,
+                       batch_size=2, epochs=1, device="cpu", ppl=(), test_error=())
+    calib = torch.randint(0, 256, (4, 32), generator=torch.Generator().manual_seed(0))
+    in_memory = models.tiny_model("llama", vocab_size=256)
+    whole = reconstruct.prune(in_memory, config, calib, progress=False)
+
+    skeleton, _, blocks = lazy.load(str(source), out=tmp_path / "pruned")
+    assert all(p.is_meta for b in arch.blocks(skeleton) for p in b.parameters())  # no block in memory yet
+    lazily = reconstruct.prune(skeleton, config, calib, progress=False, blocks=blocks)
+    blocks.finish()
+    assert lazily.block_error == whole.block_error and lazily.sparsity == whole.sparsity
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "pruned", dtype=torch.float32)
+    ids = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(reloaded(input_ids=ids).logits, in_memory(input_ids=ids).logits)

@@ -65,3 +65,19 @@ def test_a_local_model_saved_again_under_the_same_path_gets_new_records(tmp_path
     after = records.path(config), records.dense_path(config)
     assert before[0] != after[0] and before[1] != after[1]
     assert records.path(smoke()).name == f"{smoke().key()}.json"  # a model name carries no stamp
+
+
+def test_low_memory_gives_the_same_record(tmp_path):
+    """`prune --low-memory`: blocks read and written one at a time; every number of the record is the same."""
+    from transformers import AutoTokenizer
+
+    from reconlib import models
+
+    source = tmp_path / "dense"
+    tokenizer = AutoTokenizer.from_pretrained(models.resolve("smollm2-135m"))
+    models.save_pruned(models.tiny_model("llama", vocab_size=len(tokenizer)), tokenizer, source)
+    config = smoke(model=str(source), recon="br+gp")
+    whole = records.compute(config, progress=False)
+    lazily = records.compute(config, progress=False, out=tmp_path / "pruned", low_memory=True)
+    assert records.differences(whole, lazily, tolerance=0.0)[1] == []
+    assert models.load_model(str(tmp_path / "pruned"))[0].config.num_hidden_layers == 3
