@@ -116,8 +116,10 @@ def _bos(model, tokenizer, config: RunConfig) -> int | None:
 
 
 def _evaluate(model, tokenizer, config: RunConfig, bos, device) -> tuple[dict, dict, dict, dict]:
-    model.to(device)
     ppl, nll, zs, seconds = {}, {}, None, {}
+    if not (config.ppl or config.zeroshot):  # nothing to evaluate (a --low-memory model has no blocks left)
+        return ppl, nll, zs, seconds
+    model.to(device)
     for name in config.ppl:
         start = time.perf_counter()
         windows = data.eval_windows(name, tokenizer, config.seq_len, bos, config.max_eval_windows)

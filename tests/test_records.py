@@ -80,4 +80,6 @@ def test_low_memory_gives_the_same_record(tmp_path):
     whole = records.compute(config, progress=False)
     lazily = records.compute(config, progress=False, out=tmp_path / "pruned", low_memory=True)
     assert records.differences(whole, lazily, tolerance=0.0)[1] == []
+    no_eval = config.replace(ppl="", test_error="")  # nothing evaluated: the skeleton is never moved
+    assert records.compute(no_eval, progress=False, low_memory=True)["sparsity"] == lazily["sparsity"]
     assert models.load_model(str(tmp_path / "pruned"))[0].config.num_hidden_layers == 3
