@@ -4,7 +4,7 @@ own process. Per row: prune seconds, the same in dense forwards (32 windows thro
 embeddings included, lm_head not, timed in that process before pruning), the final-block error of each side
 measured by the same code here, and how many block-0 mask entries differ (block 0 sees identical inputs).
 
-    git --git-dir=/work/.mirror/locuslab+wanda/repo archive HEAD lib | tar -x -C /tmp/wanda
+    git clone --depth 1 <locuslab/wanda> /tmp/wanda    # any checkout of the Wanda repository: its lib/ is used
     python bench/vs_reference.py --wanda /tmp/wanda [--rows "sparsegpt 0.5,wanda 2:4"] [--threads 2]
 
 The reference is imported from --wanda at run time and runs unmodified: its own prune_sparsegpt /
@@ -53,8 +53,9 @@ def load():
 
     model, tok = models.load_model("smollm2-135m")
     model.eval().requires_grad_(False)
-    folder = Path(os.environ.get("RECONLIB_DATA_DIR", "/work/shared/data"))
-    text = (folder / "wikitext-2-tokenized" / "valid.txt").read_text()
+    if data.data_dir() is None:
+        sys.exit("set RECONLIB_DATA_DIR to the folder holding wikitext-2-tokenized/valid.txt (see README)")
+    text = (data.data_dir() / "wikitext-2-tokenized" / "valid.txt").read_text()
     ids = torch.tensor(tok(text, add_special_tokens=False)["input_ids"])
     return model, tok, data.stream_windows(ids, N_CALIB, SEQ_LEN, seed=0)
 
