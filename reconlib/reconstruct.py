@@ -204,8 +204,9 @@ def prune(model, config: RunConfig, calib: torch.Tensor, test: dict[str, torch.T
         del dense[pos]
         for name, layer in arch.linears(layers[pos]).items():  # block pos is final now
             result.layer_sparsity[f"{pos}.{name}"] = (layer.weight == 0).sum().item() / layer.weight.numel()
-        if blocks is not None:
+        if blocks is not None:  # written out: its zeros are its mask, and a 7B model's masks alone are 6.5 GB
             blocks.done(pos)
+            result.masks[pos] = {}
         pos += 1
 
     bar = tqdm(units, desc=f"{config.criterion} {config.sparsity} {config.recon}", disable=not progress,
@@ -214,7 +215,6 @@ def prune(model, config: RunConfig, calib: torch.Tensor, test: dict[str, torch.T
         if checkpoint and t > first and time.perf_counter() - last_save >= CHECKPOINT_EVERY:
             _save(checkpoint, t, pos, layers, dense, all_streams, result, time.perf_counter() - start_time)
             last_save = time.perf_counter()
-        bar.update(t > first)
         while pos < unit[0]:
             advance()
         unit_blocks = [layers[i] for i in unit]
@@ -241,6 +241,7 @@ def prune(model, config: RunConfig, calib: torch.Tensor, test: dict[str, torch.T
                              [kwargs[i] for i in unit], config, device, amp, seed=config.seed * 100003 + t)
                 result.unit_loss.append(loss)
                 bar.set_postfix(loss=f"{loss:.3g}")
+        bar.update()
     bar.close()
     while pos < L:
         advance()
