@@ -208,6 +208,8 @@ def compute(config: RunConfig, progress: bool = True, out: str | Path | None = N
         "peak_memory_mb": result.peak_memory_mb, **environment(),
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
+    if extra is not None:  # what the model wrote, for the page: the cache of texts may be on another machine
+        record["self_gen_sample"] = tokenizer.decode(extra[0], skip_special_tokens=True)
     if out is not None and blocks is None:
         models.save_pruned(model.cpu(), tokenizer, out, config.to_dict())
     return seal(record)
