@@ -88,6 +88,7 @@ def cmd_report(args) -> dict:
     from . import records, report
 
     if args.command == "records" and args.action == "verify":
+        args.tolerance = args.tolerance or records.TOLERANCE
         rows = records.verify(args.sample, args.tolerance)
         _write(report.verify_markdown(rows, args.tolerance), args.out)
         return {"verified": len(rows), "max_relative_difference": max((r["max_relative_difference"] for r in rows),
@@ -104,7 +105,7 @@ def cmd_grid(args) -> dict:
 
     todo = grid.missing(args.profile)
     if args.dry_run:
-        return {"missing": len(todo), "runs": [grid._label(kind, c) for kind, c in todo]}
+        return {"missing": len(todo), "runs": [grid.label(kind, c) for kind, c in todo]}
     done = grid.compute(args.profile, workers=args.workers, executor=args.executor, address=args.address)
     return {"computed": len(done), "seconds": sum(s for _, _, s in done)}
 
@@ -154,7 +155,7 @@ def main(argv=None) -> int:
             p.add_argument("action", nargs="?", choices=("table", "verify"), default="table",
                            help="verify: check every record's digest and recompute the --sample cheapest")
             p.add_argument("--sample", type=int, default=2)
-            p.add_argument("--tolerance", type=float, default=1e-3, help="relative")
+            p.add_argument("--tolerance", type=float, help="relative (default: records.TOLERANCE, 1e-3)")
 
     for p in sub.choices.values():
         p.add_argument("--json", action="store_true", help="print one JSON object on stdout")

@@ -51,11 +51,10 @@ def base(profile: str, model: str | None = None, **overrides) -> RunConfig:
 def cell(profile: str, model: str | None = None, seed: int = 0, **fields) -> RunConfig:
     """The one config the findings read for this point: the profile's base with `fields` on top, plus the
     evaluation the grid gives that row (zero-shot, whole test sets) on the model's first seed."""
-    config = base(profile, model, seed=seed, **fields)
-    g = grid(profile)
+    own, g = base(profile, model), grid(profile)
+    config = own.replace(seed=seed, **fields)
     first_model, first_seed = next(iter(g.models)), g.models[config.model][0]
-    default = (config.epochs, config.n_calib, config.self_gen) == (base(profile, model).epochs,
-                                                                 base(profile, model).n_calib, 0)
+    default = (config.epochs, config.n_calib, config.self_gen) == (own.epochs, own.n_calib, 0)
     row = (config.criterion, config.recon)
     extra = {}
     if seed == first_seed and default and row in ZEROSHOT_ROWS:
@@ -199,13 +198,13 @@ def compute(profile: str, workers: int = 1, progress: bool = True, executor: str
             records.write(records.dense_path(config) if kind == "dense" else records.path(config), record)
             done.append((kind, config, seconds))
             bar.update(cost(config))
-            bar.set_postfix_str(f"{len(done)}/{len(todo)} done, last: {_label(kind, config)} {seconds:.0f} s")
+            bar.set_postfix_str(f"{len(done)}/{len(todo)} done, last: {label(kind, config)} {seconds:.0f} s")
     finally:
         bar.close()
     return done
 
 
-def _label(kind: str, config: RunConfig) -> str:
+def label(kind: str, config: RunConfig) -> str:
     if kind == "dense":
         return f"{config.model} dense"
     sweep = ", ".join(f"{k} {getattr(config, k)}" for k in ("epochs", "n_calib", "self_gen"))
