@@ -5,7 +5,15 @@ embeddings included, lm_head not, timed in that process before pruning), the fin
 measured by the same code here, and how many block-0 mask entries differ (block 0 sees identical inputs).
 
     git clone --depth 1 <locuslab/wanda> /tmp/wanda    # any checkout of the Wanda repository: its lib/ is used
-    python bench/vs_reference.py --wanda /tmp/wanda [--rows "sparsegpt 0.5,wanda 2:4"] [--threads 2]
+    python bench/vs_reference.py --wanda /tmp/wanda [--rows "sparsegpt 0.5,wanda 2:4"] [--sides fresh,grid]
+
+reconlib's sides, each its own process after the reference's:
+- fresh: the default LR run, nothing shared: statistics, sparse and dense forward per block;
+- grid: the same run finding x̄_1..x̄_L of these windows in the dense-stream store (streams.py), as every run of
+  a grid after the first of its model and windows does; the store is filled before the clock starts;
+- sequential, sequential-grid: `sequential=True`, one forward per block for statistics and output together
+  (each linear pruned as its input arrives); its masks differ from the reference's beyond q/k/v;
+- no-data (magnitude rows only): `n_calib=0`, masks from the weights alone, no error curve.
 
 The reference is imported from --wanda at run time and runs unmodified: its own prune_sparsegpt /
 prune_wanda / prune_magnitude drivers, Catcher, SparseGPT and WrappedGPT. We monkeypatch rather than
@@ -35,6 +43,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -44,6 +53,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+SIDES = ("reference", "fresh", "grid", "sequential", "sequential-grid", "no-data")
 ROWS = ("sparsegpt 0.5", "wanda 0.5", "magnitude 0.5", "sparsegpt 2:4", "wanda 2:4", "magnitude 2:4")
 N_CALIB, SEQ_LEN, BATCH = 32, 512, 8
 
@@ -153,23 +163,36 @@ def one(args) -> dict:
     forward_blocks(model, calib, dense_outs)  # the unit of time; it also keeps x̄_1..x̄_L for the error
     dense_s = time.perf_counter() - start
     own = None
-    start = time.perf_counter()
+    start, before = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
     if args.side == "reference":
         prune_reference(model, tok, calib, criterion, sparsity, args.wanda)
         prune_s = time.perf_counter() - start
         # the reference keeps no masks: its pruned entries are the exact zeros (True = kept, as reconlib's)
         masks0 = {k: m.weight != 0 for k, m in model.model.layers[0].named_modules() if isinstance(m, nn.Linear)}
     else:
-        from reconlib import reconstruct
+        from reconlib import arch, reconstruct, streams
         from reconlib.config import RunConfig
 
-        cfg = RunConfig(criterion=criterion, sparsity=sparsity, recon="lr", n_calib=N_CALIB, seq_len=SEQ_LEN,
-                        batch_size=BATCH, ppl=(), test_error=(), device="cpu")
-        r = reconstruct.prune(model, cfg, calib, progress=False)
+        no_data = args.side == "no-data"  # magnitude asked for no error curve: the weights alone
+        cfg = RunConfig(criterion=criterion, sparsity=sparsity, recon="lr", n_calib=0 if no_data else N_CALIB,
+                        seq_len=SEQ_LEN, batch_size=BATCH, ppl=(), test_error=(), device="cpu",
+                        sequential=args.side.startswith("sequential"))
+        store = None
+        if args.side.endswith("grid"):  # an earlier run of the grid left x̄_1..x̄_L of these windows in the store
+            store = Path(tempfile.mkdtemp(prefix="vs_reference-store-"))
+            x, kwargs = arch.capture(model, calib, BATCH)
+            blocks = dict(enumerate(arch.blocks(model)))
+            streams.Streams(x, streams.store_folder(store, "smollm2", calib, BATCH, torch.device("cpu"), None)) \
+                .x_dense(len(blocks), blocks, kwargs, torch.device("cpu"), BATCH)
+            start, before = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
+        r = reconstruct.prune(model, cfg, calib[:0] if no_data else calib, progress=False, store=store,
+                              model_id="smollm2")
         prune_s, masks0, own = time.perf_counter() - start, r.masks[0], r.block_error
+    usage = resource.getrusage(resource.RUSAGE_SELF)  # CPU seconds of the prune alone, all threads
+    usage = {"user_s": usage.ru_utime - before.ru_utime, "system_s": usage.ru_stime - before.ru_stime}
     torch.save(masks0, args.masks)
     return {"dense_s": dense_s, "prune_s": prune_s, "block_error": block_errors(dense_outs, model, calib),
-            "own_block_error": own}
+            "own_block_error": own, **usage}
 
 
 def main():
@@ -177,6 +200,7 @@ def main():
     parser.add_argument("--wanda", required=True, help="a folder holding the reference's lib/ (git archive HEAD lib)")
     parser.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated, from: {', '.join(ROWS)}")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--sides", default=",".join(SIDES[1:]), help=f"reconlib's sides, from: {', '.join(SIDES[1:])}")
     parser.add_argument("--out", help="write every row's results, per-block curves included, to this JSON file")
     parser.add_argument("--side", help=argparse.SUPPRESS)
     parser.add_argument("--row", help=argparse.SUPPRESS)
@@ -188,28 +212,32 @@ def main():
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
     if bad := [r for r in rows if r not in ROWS]:
         parser.error(f"unknown rows {bad}: use {', '.join(ROWS)}")
+    sides = [s.strip() for s in args.sides.split(",") if s.strip()]
+    if bad := [s for s in sides if s not in SIDES]:
+        parser.error(f"unknown sides {bad}: use {', '.join(SIDES)}")
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
     results, tmp = {}, Path(tempfile.mkdtemp(prefix="vs_reference-"))
-    print(f"{'row':<14} {'ref s':>7} {'ref fwd':>7} {'ours s':>7} {'ours fwd':>8} {'ours/ref':>8} "
-          f"{'ref final':>10} {'ours final':>10} {'(own)':>9} {'block-0 mask diff':>20}")
+    print(f"{'row':<14} {'side':<16} {'prune s':>7} {'fwd':>5} {'÷ ref':>6} {'final':>8} {'(own)':>8} "
+          f"{'sys s':>6} {'block-0 mask diff':>18}")
     for row in rows:
         res = {}
-        for side in ("reference", "reconlib"):  # one after the other: the two never share the CPU
+        for side in ["reference"] + [s for s in sides if s != "no-data" or row.startswith("magnitude")]:
+            # one after the other: no two share the CPU
             cmd = [sys.executable, __file__, "--wanda", args.wanda, "--threads", str(args.threads), "--side", side,
                    "--row", row, "--masks", str(tmp / f"{side}.pt")]
             out = subprocess.run(cmd, capture_output=True, text=True, env=env)
             if out.returncode:
                 sys.exit(f"{side} {row} failed:\n{out.stderr[-4000:]}")
-            res[side] = json.loads(out.stdout.strip().splitlines()[-1])
-        ref_m, our_m = (torch.load(tmp / f"{s}.pt") for s in ("reference", "reconlib"))
-        diff = {k: int((ref_m[k] != our_m[k]).sum()) for k in ref_m}
-        res["block0_mask_diff"] = diff
+            r = res[side] = json.loads(out.stdout.strip().splitlines()[-1])
+            ref_m, our_m = (torch.load(tmp / f"{s}.pt") for s in ("reference", side))
+            r["block0_mask_diff"] = sum(int((ref_m[k] != our_m[k]).sum()) for k in ref_m)
+            fwd = r["prune_s"] / r["dense_s"]
+            ratio = fwd / (res["reference"]["prune_s"] / res["reference"]["dense_s"])
+            own = r["own_block_error"][-1] if r.get("own_block_error") else float("nan")
+            print(f"{row:<14} {side:<16} {r['prune_s']:7.1f} {fwd:5.2f} {ratio:6.2f} {r['block_error'][-1]:8.4g} "
+                  f"{own:8.4g} {r['system_s']:6.1f} {r['block0_mask_diff']:>8} / {sum(m.numel() for m in ref_m.values())}",
+                  flush=True)
         results[row] = res
-        a, b = res["reference"], res["reconlib"]
-        fa, fb = a["prune_s"] / a["dense_s"], b["prune_s"] / b["dense_s"]
-        print(f"{row:<14} {a['prune_s']:7.0f} {fa:7.1f} {b['prune_s']:7.0f} {fb:8.1f} {fb / fa:8.2f} "
-              f"{a['block_error'][-1]:10.4g} {b['block_error'][-1]:10.4g} {b['own_block_error'][-1]:9.4g} "
-              f"{sum(diff.values()):>9} / {sum(m.numel() for m in ref_m.values())}", flush=True)
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1))
 

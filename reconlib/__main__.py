@@ -20,6 +20,9 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
         if kind is tuple:
             parser.add_argument(f"--{f.name.replace('_', '-')}", default=",".join(default), metavar="A,B",
                                 help=f"comma-separated (default: {','.join(default) or 'none'})")
+        elif kind is bool:
+            parser.add_argument(f"--{f.name.replace('_', '-')}", action=argparse.BooleanOptionalAction,
+                                default=default, help=f"(default: {default})")
         else:
             parser.add_argument(f"--{f.name.replace('_', '-')}", type=str if kind is str else kind, default=default,
                                 help=f"(default: {default})")

@@ -34,6 +34,7 @@ class RunConfig:
     zeroshot_limit: int = 0             # 0 = all items
     device: str = "auto"                # auto = cuda when available
     dtype: str = "auto"                 # autocast dtype on a GPU: auto = bfloat16; fp32 on CPU
+    sequential: bool = False            # prune a block's linears in forward order, one forward of all windows
 
     def __post_init__(self):
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
@@ -62,14 +63,22 @@ class RunConfig:
         need(not (self.calib == "boolq-passages" and "boolq" in self.zeroshot),
              "calib='boolq-passages' is BoolQ's own text, so BoolQ accuracy after calibrating on it is contaminated: "
              "drop boolq from zeroshot or calibrate on wikitext2-valid, c4 or a local corpus")
-        for name in ("n_calib", "seq_len", "batch_size", "n_test"):
+        for name in ("seq_len", "batch_size", "n_test"):
             need(isinstance(getattr(self, name), int) and getattr(self, name) > 0,
                  f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        need(isinstance(self.n_calib, int) and self.n_calib >= 0, f"n_calib must be an integer ≥ 0, got {self.n_calib!r}")
+        # magnitude LR reads the weights alone: without windows it runs no data and records no error curve
+        need(self.n_calib > 0 or (self.criterion == "magnitude" and self.recon == "lr" and not self.self_gen
+                                  and not self.test_error),
+             f"n_calib=0 (no calibration data) is only for magnitude LR without test_error, got criterion="
+             f"{self.criterion!r}, recon={self.recon!r}, test_error={list(self.test_error)}: raise n_calib, or use "
+             "criterion='magnitude', recon='lr', test_error=''")
+        need(isinstance(self.sequential, bool), f"sequential must be true or false, got {self.sequential!r}")
         for name in ("self_gen", "epochs", "max_eval_windows", "zeroshot_limit"):
             need(isinstance(getattr(self, name), int) and getattr(self, name) >= 0,
                  f"{name} must be an integer ≥ 0, got {getattr(self, name)!r}")
         need(self.lr > 0, f"lr must be > 0, got {self.lr}")
-        need(self.batch_size <= self.n_calib + self.self_gen,
+        need(self.n_calib == 0 or self.batch_size <= self.n_calib + self.self_gen,
              f"batch_size {self.batch_size} is larger than the calibration set ({self.n_calib} + {self.self_gen} "
              "windows): lower batch_size or raise n_calib")
         need(self.recon == "lr" or self.epochs > 0,
@@ -102,6 +111,9 @@ class RunConfig:
     def key(self) -> str:
         """A stable hash of every field (a local corpus by its digest): the run record's file name."""
         values = self.to_dict()
+        for name, default in ADDED.items():  # so records written before the field existed keep their keys
+            if values[name] == default:
+                del values[name]
         if self.calib not in CORPORA:
             values["calib"] = f"sha256:{self.calib_digest}"
         blob = json.dumps(values, sort_keys=True)
@@ -109,6 +121,9 @@ class RunConfig:
 
     def replace(self, **overrides) -> "RunConfig":
         return from_dict({**self.to_dict(), **overrides})
+
+
+ADDED = {"sequential": False}  # fields added after records were first committed, left out of key() at their default
 
 
 def _is_local(corpus: str) -> bool:

@@ -59,45 +59,57 @@ class Stats:
 
     col_sq[name]: Σ_t x_tj² (Wanda's ‖X_j‖₂²). XtX[name]: Σ_t x_t x_tᵀ (SparseGPT's H = 2 XᵀX / n).
     Layers fed the same tensor (q/k/v, gate/up) share one accumulator: it is computed once.
+    on_input(name): called as each layer's input arrives, after it is folded in and before the layer runs,
+    so it may prune the layer (`sequential`: every later layer then sees the pruned one's output).
     """
 
-    def __init__(self, layers: dict[str, nn.Linear], hessian: bool):
-        self.layers, self.hessian = layers, hessian
-        self.col_sq, self.XtX, self.n = {}, {}, 0
-        self._inputs: dict[str, torch.Tensor] = {}
-        self._handles = [m.register_forward_hook(self._hook(name)) for name, m in layers.items()]
+    def __init__(self, layers: dict[str, nn.Linear], hessian: bool, on_input=None):
+        self.layers, self.hessian, self.on_input = layers, hessian, on_input
+        self.col_sq, self.XtX, self.n = {}, {}, {}
+        self._inputs: dict[str, torch.Tensor] = {}  # held until flushed: shared inputs are known by address
+        self._fed: dict[tuple, str] = {}
+        self._handles = [m.register_forward_pre_hook(self._hook(name)) for name, m in layers.items()]
 
     def _hook(self, name):
-        def hook(module, args, output):
+        def hook(module, args):
             self._inputs[name] = args[0].detach()
+            if self.on_input:
+                self._fold(name)
+                self.on_input(name)
         return hook
 
     def flush(self) -> None:
         """Fold the inputs of the last forward into the sums."""
-        seen: dict[tuple, str] = {}
-        for name, x in self._inputs.items():
-            ident = (x.data_ptr(), tuple(x.shape))
-            if ident in seen:  # same input tensor as an earlier layer: share its sums
-                first = seen[ident]
-                self.col_sq[name] = self.col_sq[first]
-                if self.hessian:
-                    self.XtX[name] = self.XtX[first]
-                continue
-            seen[ident] = name
-            X = x.reshape(-1, x.shape[-1]).float()  # (B·T, d_in)
-            if name not in self.col_sq:
-                self.col_sq[name] = torch.zeros(X.shape[1], device=X.device)
-                if self.hessian:
-                    self.XtX[name] = torch.zeros(X.shape[1], X.shape[1], device=X.device)
-            self.col_sq[name] += X.pow(2).sum(0)
-            if self.hessian:
-                self.XtX[name].addmm_(X.T, X)
-        self.n += next(iter(self._inputs.values())).shape[:-1].numel() if self._inputs else 0
+        for name in self._inputs:
+            self._fold(name)
         self._inputs.clear()
+        self._fed.clear()
+
+    def _fold(self, name: str) -> None:
+        x = self._inputs[name]
+        ident = (x.data_ptr(), tuple(x.shape))
+        if ident in self._fed:  # same input tensor as an earlier layer: share its sums
+            first = self._fed[ident]
+            self.col_sq[name], self.n[name] = self.col_sq[first], self.n[first]
+            if self.hessian:
+                self.XtX[name] = self.XtX[first]
+            return
+        self._fed[ident] = name
+        X = x.reshape(-1, x.shape[-1]).float()  # (B·T, d_in)
+        if name not in self.col_sq:
+            self.col_sq[name], self.n[name] = torch.zeros(X.shape[1], device=X.device), 0
+            if self.hessian:
+                self.XtX[name] = torch.zeros(X.shape[1], X.shape[1], device=X.device)
+        self.col_sq[name] += X.pow(2).sum(0)
+        self.n[name] += X.shape[0]
+        if self.hessian:
+            self.XtX[name].addmm_(X.T, X)
 
     def H(self, name: str) -> torch.Tensor:
-        return 2 * self.XtX[name] / self.n
+        return 2 * self.XtX[name] / self.n[name]
 
     def remove(self) -> None:
         for h in self._handles:
             h.remove()
+        self._inputs.clear()
+        self._fed.clear()

@@ -10,6 +10,8 @@ A scheme is a schedule of units (one block, or two adjacent blocks for CR) plus 
 from __future__ import annotations
 
 import copy
+import ctypes
+import functools
 import math
 import os
 import shutil
@@ -24,7 +26,7 @@ from tqdm.auto import tqdm
 
 from . import arch, criteria, sparsegpt
 from .config import RunConfig
-from .streams import Streams, on, run
+from .streams import Streams, autocast, on, run
 from .streams import store_folder as streams_store
 
 
@@ -41,8 +43,8 @@ class Result:
     masks: dict = field(default_factory=dict, repr=False)  # i → {name: bool mask (True = kept)}
 
     @property
-    def final_error(self) -> float:
-        return self.block_error[-1]
+    def final_error(self) -> float | None:
+        return self.block_error[-1] if self.block_error else None  # None: no data, no curve (magnitude LR)
 
 
 def schedule(scheme: str, L: int) -> list[tuple[int, ...]]:
@@ -64,22 +66,22 @@ def device_of(config: RunConfig) -> tuple[torch.device, torch.dtype | None]:
     return device, amp
 
 
-def choose_masks(block, x_in: torch.Tensor, kwargs: dict, config: RunConfig, device) -> dict[str, torch.Tensor]:
+def choose_masks(block, x_in: torch.Tensor, kwargs: dict, config: RunConfig, device,
+                 amp=None) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
     """Masks for every linear of one block (on `device`), from its sparse-stream inputs x_in (method.md §2).
-    Wanda and magnitude zero the pruned weights; SparseGPT also updates the survivors."""
+    Wanda and magnitude zero the pruned weights; SparseGPT also updates the survivors.
+
+    config.sequential (SparseGPT's "true sequential"): one forward of all of x_in at once, each linear pruned
+    as its input arrives, so o_proj's statistics see the pruned q/k/v, down_proj's the pruned gate/up; that
+    forward's output is the pruned block's output, returned as x_out (CPU, fp32) for the stream. Otherwise
+    the statistics come from the unpruned block in batches, every linear is pruned after, and x_out is None.
+    """
     ratio, n_keep, group = config.pattern
     layers = arch.linears(block)
-    stats = None
-    if config.criterion != "magnitude":
-        stats = criteria.Stats(layers, hessian=config.criterion == "sparsegpt")
-        kw = arch.to(kwargs, device)
-        with torch.no_grad():
-            for start in range(0, x_in.shape[0], config.batch_size):
-                arch.run_block(block, x_in[start:start + config.batch_size].to(device), kw)
-                stats.flush()
-        stats.remove()
     masks = {}
-    for name, layer in layers.items():
+
+    def prune_layer(name: str) -> None:
+        layer = layers[name]
         W = layer.weight.data
         if config.criterion == "sparsegpt":
             W_new, mask, _ = sparsegpt.solve(W, stats.H(name), ratio, n_keep, group)
@@ -90,7 +92,25 @@ def choose_masks(block, x_in: torch.Tensor, kwargs: dict, config: RunConfig, dev
             mask = criteria.select(S, ratio, n_keep, group, per_row=config.criterion == "wanda")
             layer.weight.data *= mask
         masks[name] = mask
-    return masks
+
+    stats, x_out = None, None
+    if config.criterion != "magnitude":
+        stats = criteria.Stats(layers, hessian=config.criterion == "sparsegpt",
+                               on_input=prune_layer if config.sequential else None)
+        kw = arch.to(kwargs, device)
+        with torch.no_grad():
+            if config.sequential:  # one batch: every window's input must reach a linear before it is pruned
+                with autocast(device, amp):
+                    x_out = arch.run_block(block, x_in.to(device), kw).float().cpu()
+            else:
+                for start in range(0, x_in.shape[0], config.batch_size):
+                    arch.run_block(block, x_in[start:start + config.batch_size].to(device), kw)
+                    stats.flush()
+        stats.remove()
+    for name in layers:
+        if name not in masks:
+            prune_layer(name)
+    return masks, x_out
 
 
 def train(unit_blocks, masks: list[dict], x_sparse, target, kwargs: list[dict], config: RunConfig, device, amp,
@@ -165,6 +185,7 @@ def prune(model, config: RunConfig, calib: torch.Tensor, test: dict[str, torch.T
                          "pass one of blocks and checkpoint")
     start_time = time.perf_counter()
     device, amp = device_of(config)
+    keep_freed_memory()
     layers = arch.blocks(model)
     L = len(layers)
     units = schedule(config.recon, L)
@@ -175,6 +196,8 @@ def prune(model, config: RunConfig, calib: torch.Tensor, test: dict[str, torch.T
                 criteria.check_group(layer.weight, group, f"block {i} {name}")
     model.requires_grad_(False)
     reset_peak_memory(device)
+    if len(calib) == 0:  # magnitude LR without data (config.validate allows no other): the weights alone
+        return _prune_weights(layers, config, blocks, start_time, device)
     n_real = calib.shape[0]
     ids = calib if extra is None or len(extra) == 0 else torch.cat([calib, extra])
     x, kwargs = arch.capture(model, ids, config.batch_size)
@@ -194,9 +217,11 @@ def prune(model, config: RunConfig, calib: torch.Tensor, test: dict[str, torch.T
     start_time -= saved
     last_save = time.perf_counter()
 
+    ready = {}  # i → x_{i+1}, from the forward that chose block i's masks (sequential LR)
+
     def advance():
         nonlocal pos
-        error, error_from1 = calib_streams.advance(layers[pos], *args, n_error=n_real)
+        error, error_from1 = calib_streams.advance(layers[pos], *args, n_error=n_real, x_next=ready.pop(pos, None))
         result.block_error.append(error)
         result.block_error_from1.append(error_from1)
         for name, s in test_streams.items():
@@ -212,11 +237,11 @@ def prune(model, config: RunConfig, calib: torch.Tensor, test: dict[str, torch.T
     bar = tqdm(units, desc=f"{config.criterion} {config.sparsity} {config.recon}", disable=not progress,
                initial=first)
     for t, unit in enumerate(units[first:], start=first):
+        while pos < unit[0]:
+            advance()
         if checkpoint and t > first and time.perf_counter() - last_save >= CHECKPOINT_EVERY:
             _save(checkpoint, t, pos, layers, dense, all_streams, result, time.perf_counter() - start_time)
             last_save = time.perf_counter()
-        while pos < unit[0]:
-            advance()
         unit_blocks = [layers[i] for i in unit]
         for i in unit:
             if blocks is not None and i not in result.masks:
@@ -229,7 +254,9 @@ def prune(model, config: RunConfig, calib: torch.Tensor, test: dict[str, torch.T
                 # the sparse-stream input of block i: through the unit's earlier (already pruned) blocks
                 x_in = run(unit_blocks[:j], calib_streams.x_sparse[:n_real], [kwargs[k] for k in unit[:j]],
                            device, config.batch_size, amp)
-                result.masks[i] = choose_masks(layers[i], x_in, kwargs[i], config, device)
+                result.masks[i], x_out = choose_masks(layers[i], x_in, kwargs[i], config, device, amp)
+                if x_out is not None and not config.train_epochs and len(x_out) == len(calib_streams.x_sparse):
+                    ready[i] = x_out  # LR leaves the block as that forward saw it
             if config.train_epochs:
                 if "gp" in config.recon:  # g(w̄; x̄): the dense stream at the unit's end
                     target = calib_streams.x_dense(unit[-1] + 1, *args)
@@ -248,7 +275,28 @@ def prune(model, config: RunConfig, calib: torch.Tensor, test: dict[str, torch.T
     if checkpoint:
         shutil.rmtree(checkpoint, ignore_errors=True)
 
-    sizes = {f"{i}.{name}": layer.weight.numel() for i in range(L) for name, layer in arch.linears(layers[i]).items()}
+    return _finish(result, layers, start_time, device)
+
+
+def _prune_weights(layers, config: RunConfig, blocks, start_time: float, device) -> Result:
+    """Magnitude LR without calibration windows: no forward at all, and so no error curve."""
+    result = Result([], [], {}, {}, 0.0, [], 0.0, 0.0)
+    for i, block in enumerate(layers):
+        if blocks is not None:
+            blocks.load(i)
+        with torch.no_grad():
+            result.masks[i], _ = choose_masks(block, None, {}, config, device)
+        for name, layer in arch.linears(block).items():
+            result.layer_sparsity[f"{i}.{name}"] = (layer.weight == 0).sum().item() / layer.weight.numel()
+        if blocks is not None:
+            blocks.done(i)
+            result.masks[i] = {}
+    return _finish(result, layers, start_time, device)
+
+
+def _finish(result: Result, layers, start_time: float, device) -> Result:
+    sizes = {f"{i}.{name}": layer.weight.numel() for i, block in enumerate(layers)
+             for name, layer in arch.linears(block).items()}
     result.sparsity = sum(round(result.layer_sparsity[k] * n) for k, n in sizes.items()) / sum(sizes.values())
     result.masks = {i: {k: v.cpu() for k, v in m.items()} for i, m in result.masks.items()}
     result.seconds = time.perf_counter() - start_time
@@ -294,12 +342,32 @@ def _atomic_save(obj, file: Path) -> None:
     os.replace(part, file)
 
 
+@functools.cache
+def keep_freed_memory() -> bool:
+    """Ask glibc to keep freed memory for reuse instead of handing it back to the kernel (once per process).
+
+    Every stream batch, block output and activation here is tens to hundreds of MB, above glibc's largest mmap
+    threshold (32 MB): by default each is a fresh mmap, faulted in page by page and unmapped on free. On 2
+    threads that fault churn cost a sequential LR run of SmolLM2 over a quarter of its wall time (41.9 → 30.6 s,
+    mostly system time). Heap memory instead is reused; the price is that the process keeps its peak RSS until it
+    exits, or until reset_peak_memory trims it. A no-op off glibc (macOS, musl): returns whether it took effect.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+        return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
+    except (OSError, AttributeError):
+        return False
+
+
 def reset_peak_memory(device: torch.device) -> None:
     """Start a fresh peak: CUDA's counter, or on Linux the process's RSS high-water mark, so that a run
     inside a long-lived notebook kernel reports its own peak rather than the kernel's."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         return
+    if keep_freed_memory():  # hand back what earlier runs freed and keep_freed_memory kept, so it is not counted
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
     try:
         Path("/proc/self/clear_refs").write_text("5")  # 5 = reset VmHWM to the current RSS (Linux ≥ 4.0)
     except OSError:

@@ -174,7 +174,8 @@ def compute(config: RunConfig, progress: bool = True, out: str | Path | None = N
     else:
         model, tokenizer = models.load_model(config.model)
     bos = _bos(model, tokenizer, config)
-    calib = data.calibration_set(config.calib, tokenizer, config.n_calib, config.seq_len, config.seed, bos)
+    calib = data.calibration_set(config.calib, tokenizer, config.n_calib, config.seq_len, config.seed, bos) \
+        if config.n_calib else torch.zeros(0, config.seq_len, dtype=torch.long)  # magnitude LR from weights alone
     test = {name: data.eval_windows(name, tokenizer, config.seq_len, bos, config.n_test) for name in config.test_error}
     extra = None
     if config.self_gen:

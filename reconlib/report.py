@@ -74,7 +74,9 @@ def cost_markdown(profile: str = "cpu") -> str:
                           ["minutes", "peak_memory_mb"]).reset_index()
     paper = "LLaMA-7B, SparseGPT, batch 8, peak GPU memory (paper Table 6): LR 3.9 GB, BR 5.7, BR+GP 5.7, BR+GP+CR 10.6."
     return (f"Minutes of pruning (the reconstruction, not the evaluation) and the process's peak resident memory "
-            f"(MB), mean ± sd over criteria and seeds, on the machine that wrote the records. {paper}\n\n"
+            f"(MB), mean ± sd over criteria and seeds, on the machine that wrote the records. The grid ran two runs "
+            f"side by side, one thread each, on a machine also used for other work: read the minutes as upper "
+            f"bounds, uncertain by tens of percent (the README's speed table has controlled timings). {paper}\n\n"
             + out.to_markdown(index=False) + "\n")
 
 

@@ -84,13 +84,18 @@ class Streams:
         return self.dense[i]
 
     def advance(self, block: nn.Module, blocks_dense: dict, kwargs: list[dict], device: torch.device,
-                batch_size: int, amp: torch.dtype | None = None, n_error: int | None = None) -> tuple[float, float]:
+                batch_size: int, amp: torch.dtype | None = None, n_error: int | None = None,
+                x_next: torch.Tensor | None = None) -> tuple[float, float]:
         """x_{i+1} = g_i(m ⊙ w; x_i), x̄_{i+1} = g_i(w̄; x̄_i); returns the block error (method.md §4) over
         the first n_error sequences (the real calibration windows; self-generated ones are left out), and
-        the same without position 0, whose massive activations weigh several times the mean (SmolLM2)."""
+        the same without position 0, whose massive activations weigh several times the mean (SmolLM2).
+        x_next: x_{i+1} when already computed (the forward that chose a sequential LR block's masks)."""
         i = self.pos
-        with on(device, block):
-            self.x_sparse = run([block], self.x_sparse, [kwargs[i]], device, batch_size, amp)
+        if x_next is not None:
+            self.x_sparse = x_next
+        else:
+            with on(device, block):
+                self.x_sparse = run([block], self.x_sparse, [kwargs[i]], device, batch_size, amp)
         x_dense = self.x_dense(i + 1, blocks_dense, kwargs, device, batch_size, amp)
         del self.dense[i]
         self.pos = i + 1

@@ -54,7 +54,7 @@ def test_stats_share_one_accumulator_for_layers_fed_the_same_input():
     stats.flush()
     stats.remove()
     flat = X.reshape(-1, 8)
-    assert stats.n == 15
+    assert stats.n == {"q": 15, "k": 15}
     assert torch.allclose(stats.col_sq["q"], flat.pow(2).sum(0))
     assert torch.allclose(stats.H("k"), 2 * flat.T @ flat / 15, atol=1e-5)
     assert stats.XtX["q"] is stats.XtX["k"]

@@ -184,3 +184,66 @@ def test_a_killed_run_resumes_at_its_checkpoint_and_ends_identical(windows, tmp_
     assert all(torch.equal(resumed.masks[i][n], whole.masks[i][n]) for i in whole.masks for n in whole.masks[i])
     assert all(torch.equal(a, b) for a, b in zip(resumed_params, whole_params))
     assert not (tmp_path / "ckpt").exists()  # removed once the run ends
+
+
+@pytest.mark.parametrize("criterion", ["wanda", "sparsegpt"])
+def test_sequential_prunes_each_linear_on_the_inputs_of_the_pruned_ones_before_it(windows, criterion):
+    """Independent check: run the finished block once more with hooks; each linear's Wanda mask recomputed from
+    what reaches it now (through the pruned linears before it) must be the mask it got. SparseGPT: the output
+    handed to the stream is the pruned block's output."""
+    from reconlib import criteria
+    from reconlib.models import tiny_model
+
+    calib, _ = windows
+    model = tiny_model("llama")
+    x, kwargs = arch.capture(model, calib, 4)
+    block = arch.blocks(model)[0]
+    original = {n: layer.weight.clone() for n, layer in arch.linears(block).items()}
+    cfg = config(criterion=criterion, sequential=True)
+    masks, x_out = reconstruct.choose_masks(block, x, kwargs[0], cfg, torch.device("cpu"))
+    stats = criteria.Stats(arch.linears(block), hessian=False)
+    with torch.no_grad():
+        y = arch.run_block(block, x, kwargs[0])
+    stats.flush()
+    stats.remove()
+    assert torch.allclose(x_out, y, atol=1e-5)
+    if criterion == "wanda":
+        for name, W in original.items():
+            expected = criteria.select(criteria.score("wanda", W, stats.col_sq[name]), 0.5, per_row=True)
+            assert torch.equal(masks[name], expected), name
+        plain, _ = reconstruct.choose_masks(arch.blocks(tiny_model("llama"))[0], x, kwargs[0],
+                                            config(criterion=criterion), torch.device("cpu"))
+        assert torch.equal(plain["self_attn.q_proj"], masks["self_attn.q_proj"])  # the first linears see the same input either way
+        assert not torch.equal(plain["mlp.down_proj"], masks["mlp.down_proj"])  # the last sees the pruned block
+
+
+def test_sequential_lr_hands_its_forward_to_the_stream(windows):
+    """One forward per block for statistics and output: the error curve is that of the pruned model."""
+    from reconlib.models import tiny_model
+
+    calib, _ = windows
+    model = tiny_model("llama")
+    result = reconstruct.prune(model, config(criterion="wanda", sequential=True), calib, progress=False)
+    dense = tiny_model("llama")
+    x_sparse, kwargs = arch.capture(model, calib, 4)
+    x_dense = x_sparse.clone()
+    for i, (b, b_dense) in enumerate(zip(arch.blocks(model), arch.blocks(dense))):
+        with torch.no_grad():
+            x_sparse, x_dense = arch.run_block(b, x_sparse, kwargs[i]), arch.run_block(b_dense, x_dense, kwargs[i])
+        expected = (x_dense - x_sparse).double().pow(2).mean().item()  # method.md §4: (1 / (N·T·d)) ‖x̄ − x‖²
+        assert result.block_error[i] == pytest.approx(expected, rel=1e-4)
+
+
+def test_magnitude_lr_without_data_prunes_the_same_masks_and_runs_nothing(windows, monkeypatch):
+    from reconlib import streams
+    from reconlib.models import tiny_model
+
+    calib, _ = windows
+    with_data = reconstruct.prune(tiny_model("llama"), config(criterion="magnitude"), calib, progress=False)
+    monkeypatch.setattr(arch, "run_block", lambda *a, **k: pytest.fail("a forward ran"))
+    monkeypatch.setattr(streams, "run", lambda *a, **k: pytest.fail("a forward ran"))
+    cfg = config(criterion="magnitude", n_calib=0, test_error="")
+    result = reconstruct.prune(tiny_model("llama"), cfg, calib[:0], progress=False)
+    assert result.block_error == [] and result.final_error is None
+    assert result.sparsity == with_data.sparsity == 0.5
+    assert all(torch.equal(result.masks[i][n], with_data.masks[i][n]) for i in result.masks for n in result.masks[i])
