@@ -184,10 +184,13 @@ def compute(config: RunConfig, progress: bool = True, out: str | Path | None = N
         # texts twice the window, as the paper cuts 1024-token windows from texts of up to 2048 tokens
         extra = self_generated(model, tokenizer, config.self_gen, config.seq_len, seed=config.seed,
                                text_len=2 * config.seq_len, model_name=config.model)
+    before = time.perf_counter()
     result = reconstruct.prune(model, config, calib, test, extra, progress=progress,
                                store=models.cache_dir() / "dense", model_id=_model_id(config.model),
                                checkpoint=None if blocks else models.cache_dir() / "checkpoints" / path(config).stem,
                                blocks=blocks)
+    # result.seconds counts the pruning done before a kill too (its checkpoint keeps it): so does total
+    resumed = result.seconds - (time.perf_counter() - before)
     if blocks is not None:
         blocks.finish(tokenizer)
         (folder / "reconlib_config.json").write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True))
@@ -205,7 +208,7 @@ def compute(config: RunConfig, progress: bool = True, out: str | Path | None = N
         "test_block_error": result.test_block_error,
         "test_final_error": {k: v[-1] for k, v in result.test_block_error.items()},
         "unit_loss": result.unit_loss, "ppl": ppl, "ppl_windows": nll, "zeroshot": zs,
-        "seconds": {"prune": result.seconds, **seconds, "total": time.perf_counter() - started},
+        "seconds": {"prune": result.seconds, **seconds, "total": time.perf_counter() - started + max(resumed, 0.0)},
         "peak_memory_mb": result.peak_memory_mb, **environment(),
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
     }

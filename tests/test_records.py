@@ -83,3 +83,25 @@ def test_low_memory_gives_the_same_record(tmp_path):
     no_eval = config.replace(ppl="", test_error="")  # nothing evaluated: the skeleton is never moved
     assert records.compute(no_eval, progress=False, low_memory=True)["sparsity"] == lazily["sparsity"]
     assert models.load_model(str(tmp_path / "pruned"))[0].config.num_hidden_layers == 3
+
+
+def test_a_resumed_run_counts_its_time_before_the_kill(monkeypatch):
+    """seconds.total of a run killed and resumed includes the pruning its checkpoint kept (seconds.prune)."""
+    config = smoke(recon="br+gp", epochs=1, seed=5)
+    monkeypatch.setattr(reconstruct, "CHECKPOINT_EVERY", 0.0)
+    real_train, real_resume, calls = reconstruct.train, reconstruct._resume, []
+
+    def killed(*a, **k):
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return real_train(*a, **k)
+
+    monkeypatch.setattr(reconstruct, "train", killed)
+    with pytest.raises(KeyboardInterrupt):
+        records.run(config, progress=False)
+    monkeypatch.setattr(reconstruct, "train", real_train)
+    # as if the killed run had pruned for 1000 s before its checkpoint
+    monkeypatch.setattr(reconstruct, "_resume", lambda *a: (lambda t, pos, s: (t, pos, s + 1000.0))(*real_resume(*a)))
+    seconds = records.run(config, progress=False)["seconds"]
+    assert seconds["prune"] >= 1000.0 and seconds["total"] >= seconds["prune"]
