@@ -153,6 +153,27 @@ def verdict_overfitting(df: pd.DataFrame) -> dict:
                     {k: (e, verdict(e)) for k, e in parts.items()}, "BR+GP → BR+GP+CR")
 
 
+def capacity(profile: str, df: pd.DataFrame) -> pd.DataFrame:
+    """Ours beside the paper's models: how many weights a CR unit (two blocks' linears) fits per calibration
+    token, and how far the test error sits above the calibration error after BR+GP (`df`: `overfitting`'s rows,
+    mean over seeds). The more weights per token, the more room to fit the windows rather than the language;
+    LLaMA-7B overfits with CR and OPT-125M does not."""
+    from . import arch, models
+
+    rows = []
+    for model in grid.grid(profile).models:
+        net, _ = models.load_model(model)
+        weights = sum(m.weight.numel() for m in arch.linears(arch.blocks(net)[0]).values())
+        config, d = grid.base(profile, model), df[(df.model == model) & (df.recon == "br+gp")]
+        rows.append((model, weights, config.n_calib * config.seq_len, (d.test_error_wikitext2 / d.final_error).mean()))
+    for m, weights in paper.BLOCK_WEIGHTS.items():
+        ratio = [paper.lookup(m, "sparsegpt", "br+gp", k) for k in ("test_error_wikitext2", "final_error")]
+        rows.append((f"{m} (paper)", weights, paper.CALIB_TOKENS, ratio[0] / ratio[1]))
+    out = pd.DataFrame(rows, columns=["model", "weights a block", "calib. tokens", "test ÷ calib. error"])
+    out.insert(3, "weights per token, CR", (2 * out["weights a block"] / out["calib. tokens"]).round().astype(int))
+    return out.set_index("model")
+
+
 def sweep(profile: str, model: str, field: str, progress: bool = True) -> pd.DataFrame:
     return table(grid.sweep_cells(profile, model, field), profile, progress)
 

@@ -6,6 +6,11 @@ from pathlib import Path
 
 import pandas as pd
 
+# The weights in one block's linears (those pruned and reconstructed), from the models' published shapes:
+# LLaMA-7B hidden 4096, MLP 11008 (q, k, v, o, gate, up, down); OPT-125M hidden 768, MLP 3072 (q, k, v, out,
+# fc1, fc2). And the paper's calibration set, 256 × 1024 tokens.
+BLOCK_WEIGHTS = {"llama-7b": 4 * 4096**2 + 3 * 4096 * 11008, "opt-125m": 4 * 768**2 + 2 * 768 * 3072}
+CALIB_TOKENS = 256 * 1024
 # Finding 1: the total final-error reduction of BR+GP+CR versus LR, per model (percent, range over pruners).
 REDUCTION = {"llama-7b": (87, 94), "opt-125m": (79, 96)}
 

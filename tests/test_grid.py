@@ -108,3 +108,19 @@ def test_the_grid_runs_on_a_two_worker_ray_cluster(capsys, monkeypatch):
     assert json.loads(capsys.readouterr().out)["computed"] == len(todo)
     assert grid.missing("smoke") == []
     assert all(not records.unsealed(json.loads(f.read_text())) for f in records.results_dir().glob("*.json"))
+
+
+def test_the_papers_block_weights_are_what_those_architectures_hold():
+    """paper.BLOCK_WEIGHTS, counted on blocks built with LLaMA-7B's and OPT-125M's shapes (meta tensors)."""
+    import torch
+    from transformers import LlamaConfig, OPTConfig
+    from transformers.models.llama.modeling_llama import LlamaDecoderLayer
+    from transformers.models.opt.modeling_opt import OPTDecoderLayer
+
+    from reconlib import arch, paper
+
+    with torch.device("meta"):
+        llama = LlamaDecoderLayer(LlamaConfig(hidden_size=4096, intermediate_size=11008, num_attention_heads=32), 0)
+        opt = OPTDecoderLayer(OPTConfig(hidden_size=768, ffn_dim=3072, num_attention_heads=12))
+    for name, block in (("llama-7b", llama), ("opt-125m", opt)):
+        assert sum(m.weight.numel() for m in arch.linears(block).values()) == paper.BLOCK_WEIGHTS[name]
