@@ -98,6 +98,7 @@ records: $(STAMP)
 # (a) papermill runs each notebook from notebooks/ (so relative paths work) into the gitignored book/_executed
 execute: $(STAMP_BOOK)
 	mkdir -p $(EXECUTED)
+	@$(BIN)/python -c "from reconlib import grid; n = len(grid.missing('$(PROFILE)')); n and print(f'make book: {n} runs of the $(PROFILE) grid are missing from $(RECONLIB_RESULTS), and the notebooks compute them one by one (hours on a CPU): make records WORKERS=2 computes them side by side first')"
 	for nb in $(NOTEBOOKS); do \
 	  $(BIN)/papermill "$$nb" "$(EXECUTED)/$$(basename $$nb)" -p profile $(PROFILE) \
 	    --cwd notebooks --kernel $(KERNEL) || exit 1; \
