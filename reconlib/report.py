@@ -37,8 +37,9 @@ def intro_table(profile: str) -> pd.DataFrame:
 def summary_markdown(profile: str = "cpu") -> str:
     base = grid.base(profile)
     models = ", ".join(f"{m} ({len(s)} seed{'s' * (len(s) > 1)})" for m, s in grid.grid(profile).models.items())
+    lrs = ", ".join(f"{lr:g} ({m})" for m, lr in ((m, grid.lr(profile, m)) for m in grid.grid(profile).models))
     head = (f"Models: {models}. {base.sparsity} sparsity, {base.n_calib} × {base.seq_len} calibration tokens "
-            f"({base.calib}), {base.epochs} epochs of Adam at lr {base.lr:g}, batch {base.batch_size} "
+            f"({base.calib}), {base.epochs} epochs of Adam at lr {lrs}, batch {base.batch_size} "
             f"(profile `{profile}`).\n\n")
     rule = f"\n\nThe rule: {findings.RULE}\n"
     model = next(iter(grid.grid(profile).models))
