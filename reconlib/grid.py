@@ -61,7 +61,7 @@ def cell(profile: str, model: str | None = None, seed: int = 0, **fields) -> Run
     row = (config.criterion, config.recon)
     extra = {}
     if config.recon != "lr" and config.model in g.lr:  # LR trains nothing: its records keep the profile's key
-        extra |= dict(lr=g.lr[config.model])
+        extra |= dict(lr=lr(profile, config.model))
     if seed == first_seed and default and row in ZEROSHOT_ROWS:
         extra |= dict(zeroshot=TASKS, zeroshot_limit=g.zeroshot_limit)
     if g.full_eval and seed == first_seed and default and row in INTRO_ROWS and config.model == first_model:

@@ -37,7 +37,7 @@ def intro_table(profile: str) -> pd.DataFrame:
 def summary_markdown(profile: str = "cpu") -> str:
     base = grid.base(profile)
     models = ", ".join(f"{m} ({len(s)} seed{'s' * (len(s) > 1)})" for m, s in grid.grid(profile).models.items())
-    lrs = ", ".join(f"{lr:g} ({m})" for m, lr in ((m, grid.lr(profile, m)) for m in grid.grid(profile).models))
+    lrs = ", ".join(f"{grid.lr(profile, m):g} ({m})" for m in grid.grid(profile).models)
     head = (f"Models: {models}. {base.sparsity} sparsity, {base.n_calib} × {base.seq_len} calibration tokens "
             f"({base.calib}), {base.epochs} epochs of Adam at lr {lrs}, batch {base.batch_size} "
             f"(profile `{profile}`).\n\n")
