@@ -150,6 +150,20 @@ def missing(profile: str) -> list[tuple[str, RunConfig]]:
     return todo  # in the pages' order (first model, seeds, finding 1 first): a partial store is a useful one
 
 
+def _die_with(driver: int):
+    """A pool worker's first act: a thread that ends the worker once its driver is gone. A killed driver
+    (SIGTERM, SIGKILL, a closed terminal) runs no clean-up, and its workers would otherwise go on computing
+    runs whose records nobody is left to write."""
+    import threading
+
+    def watch():
+        while os.getppid() == driver:
+            time.sleep(1)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def _pool(todo: list, workers: int):
     """(kind, config, record, seconds) as the runs finish, `workers` processes side by side."""
     if workers <= 1:
@@ -158,7 +172,8 @@ def _pool(todo: list, workers: int):
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_die_with, initargs=(os.getpid(),)) as pool:
         futures = [pool.submit(_work, item) for item in todo]
         try:
             for f in as_completed(futures):

@@ -1,5 +1,11 @@
 """The evidence grid (reconlib.grid), the verdict rule (findings.verdict) and the record store's checks."""
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -93,6 +99,47 @@ def test_verify_names_a_record_that_does_not_reproduce(monkeypatch):
     file.write_text(json.dumps(records.seal({k: v for k, v in record.items() if k != "digest"})))  # a valid digest
     with pytest.raises(ValueError, match=f"record {file.name} does not reproduce.*block_error\\[1\\]"):
         records.verify(sample=1)
+
+
+def _children(pid: int) -> set[int]:
+    """Processes whose parent is `pid`, from /proc (Linux)."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended while we looked
+            continue
+        if int(fields[1]) == pid:
+            found.add(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """Running, not a zombie that nobody reaped yet."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the process table from /proc")
+def test_a_killed_grid_leaves_no_worker_computing():
+    """`kill` of `make records` ends its pool workers too: their records would have nobody to write them."""
+    driver = subprocess.Popen([sys.executable, "-m", "reconlib", "grid", "--profile", "smoke", "--workers", "2"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ | {"OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.monotonic() + 120
+        while len(workers := _children(driver.pid)) < 2 and driver.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert driver.poll() is None and len(workers) >= 2, "the grid never started its two workers"
+        driver.send_signal(signal.SIGTERM)
+        driver.wait(30)
+        deadline = time.monotonic() + 30
+        while (left := {w for w in workers if _alive(w)}) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not left, f"workers {sorted(left)} outlived their driver"
+    finally:
+        driver.kill()
 
 
 def test_the_grid_runs_on_a_two_worker_ray_cluster(capsys, monkeypatch):
