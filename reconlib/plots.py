@@ -11,7 +11,8 @@ LABELS = {"lr": "LR", "br": "BR", "br+gp": "BR+GP", "br+gp+cr": "BR+GP+CR"}
 
 
 def _schemes(df: pd.DataFrame) -> pd.DataFrame:
-    return df.assign(scheme=df.recon.map(LABELS))
+    # the notebooks stack one frame per model, each indexed from 0; seaborn refuses repeated index labels
+    return df.reset_index(drop=True).assign(scheme=lambda d: d.recon.map(LABELS))
 
 
 def _done(grid):
