@@ -88,13 +88,19 @@ def table(configs: list[RunConfig], profile: str, progress: bool = True) -> pd.D
     return pd.DataFrame([row(records.run(c, progress=progress), SUBSET[profile]) for c in configs])
 
 
+# the pages' column heads: short, so that a table of six metrics fits the page
+HEADERS = {"final_error": "final error", "final_error_from1": "w/o pos. 0", "reduction_vs_lr_%": "cut vs LR %",
+           "position0_share_%": "pos. 0 share %", "test_error_wikitext2": "test err. WT2", "test_error_ptb": "test err. PTB",
+           "ppl_wikitext2": "ppl WT2", "ppl_ptb": "ppl PTB", "peak_memory_mb": "peak MB"}
+
+
 def spread(df: pd.DataFrame, by: list[str], metrics: list[str]) -> pd.DataFrame:
-    """mean ± sd over seeds, n stated: one row per group, one text column per metric."""
+    """mean ± sd over seeds, n stated: one row per group, one text column per metric (heads from HEADERS)."""
     def fmt(s):
-        return f"{s.mean():.4g} ± {s.std():.2g}" if len(s) > 1 else f"{s.mean():.4g}"
+        return f"{s.mean():.3g} ± {s.std():.2g}" if len(s) > 1 else f"{s.mean():.3g}"
     out = df.groupby(by, sort=False)[metrics].agg(fmt)
     out.insert(0, "n", df.groupby(by, sort=False).size())
-    return out
+    return out.rename(columns=HEADERS)
 
 
 def paired(df: pd.DataFrame, key: str, before, after, metric: str, sign: int = 1) -> list[float]:

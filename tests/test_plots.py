@@ -30,3 +30,17 @@ def test_every_figure_draws_a_panel_per_model_from_a_stacked_frame(runs):
     assert len(plots.paired_change(runs[runs.epochs == 2], "recon", "br", "br+gp+cr", metrics).axes) == 2 * len(metrics)
     sweep = runs[(runs.criterion == "sparsegpt") & (runs.recon == "br+gp+cr")]
     assert len(plots.metric_vs(sweep, "epochs", metrics).axes) == 2 * len(metrics)
+
+
+def test_the_pages_tables_state_mean_sd_and_n_per_model(runs):
+    """findings.spread: mean ± sample sd over seeds and the seed count, one row per (model, recon)."""
+    from reconlib import findings
+
+    d = runs[(runs.criterion == "wanda") & (runs.epochs == 1)]
+    out = findings.spread(d, ["model", "recon"], ["final_error", "ppl_wikitext2"])
+    assert list(out.columns) == ["n", "final error", "ppl WT2"]
+    a = d[(d.model == "model-a") & (d.recon == "br")].final_error  # seeds 0, 1, 2: 5, 6, 7
+    assert out.loc[("model-a", "br"), "n"] == 3
+    assert out.loc[("model-a", "br"), "final error"] == f"{a.mean():.3g} ± {a.std(ddof=1):.2g}" == "6 ± 1"
+    assert out.loc[("model-b", "br"), "n"] == 1
+    assert out.loc[("model-b", "br"), "final error"] == "5"  # one seed: no spread to state
