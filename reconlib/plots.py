@@ -6,6 +6,8 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
+from .findings import HEADERS
+
 SCHEME_ORDER = ["lr", "br", "br+gp", "br+gp+cr"]
 LABELS = {"lr": "LR", "br": "BR", "br+gp": "BR+GP", "br+gp+cr": "BR+GP+CR"}
 
@@ -44,6 +46,7 @@ def final_error_bars(df: pd.DataFrame):
 def paired_change(df: pd.DataFrame, key: str, before, after, metrics: list[str]):
     """Each seed's move from `before` to `after` of `key`, one line per seed, a panel per model and metric."""
     d = df[df[key].isin([before, after])].melt(id_vars=["model", "seed", key], value_vars=metrics, var_name="metric")
+    d["metric"] = d.metric.map(lambda m: HEADERS.get(m, m))  # short panel titles: they sit side by side
     d[key] = d[key].map({before: str(before), after: str(after)} if key != "recon" else LABELS)
     grid = sns.relplot(d, x=key, y="value", units="seed", estimator=None, row="model", col="metric", kind="line",
                        marker="o", height=2.6, aspect=0.9, facet_kws={"sharey": False})
@@ -55,6 +58,7 @@ def paired_change(df: pd.DataFrame, key: str, before, after, metrics: list[str])
 def metric_vs(df: pd.DataFrame, x: str, metrics: list[str]):
     """Metrics against one swept field, mean ± sd where a point has several seeds, a row per model."""
     d = df.melt(id_vars=["model", "seed", x], value_vars=metrics, var_name="metric")
+    d["metric"] = d.metric.map(lambda m: HEADERS.get(m, m))
     grid = sns.relplot(d, x=x, y="value", row="model", col="metric", kind="line", marker="o", errorbar="sd",
                        err_style="bars", height=2.6, aspect=1.0, facet_kws={"sharey": False})
     grid.set_titles("{row_name} · {col_name}")

@@ -27,7 +27,9 @@ def test_every_figure_draws_a_panel_per_model_from_a_stacked_frame(runs):
     curves = pd.concat([runs.assign(block=b, error=runs.final_error * (b + 1)) for b in range(3)])
     assert len(plots.block_error_curves(curves).axes) == len(MODELS) * 2  # a row per model, a column per criterion
     metrics = ["test_error_wikitext2", "ppl_wikitext2"]
-    assert len(plots.paired_change(runs[runs.epochs == 2], "recon", "br", "br+gp+cr", metrics).axes) == 2 * len(metrics)
+    fig = plots.paired_change(runs[runs.epochs == 2], "recon", "br", "br+gp+cr", metrics)
+    assert len(fig.axes) == 2 * len(metrics)
+    assert fig.axes[0].get_title() == "model-a · test err. WT2"  # the tables' short heads, not column names
     sweep = runs[(runs.criterion == "sparsegpt") & (runs.recon == "br+gp+cr")]
     assert len(plots.metric_vs(sweep, "epochs", metrics).axes) == 2 * len(metrics)
 
