@@ -105,3 +105,17 @@ def test_a_resumed_run_counts_its_time_before_the_kill(monkeypatch):
     monkeypatch.setattr(reconstruct, "_resume", lambda *a: (lambda t, pos, s: (t, pos, s + 1000.0))(*real_resume(*a)))
     seconds = records.run(config, progress=False)["seconds"]
     assert seconds["prune"] >= 1000.0 and seconds["total"] >= seconds["prune"]
+
+
+def test_the_provenance_head_counts_the_dense_records_compute_too():
+    """The store's cost on the provenance page: pruning runs' totals plus every dense record's timings."""
+    from reconlib import report
+
+    env = {"machine": {"platform": "linux", "cpus": 2, "gpu": None}, "versions": {"torch": "x"}}
+    config = {"model": "m", "criterion": "wanda", "recon": "lr", "seed": 0, "epochs": 2, "n_calib": 4, "self_gen": 0}
+    records.write(records.results_dir() / "aaaa.json", {"key": "aaaa", "config": config, "final_error": 1.0,
+                                                        "seconds": {"prune": 1000, "total": 1800}, **env})
+    records.write(records.results_dir() / "dense-bbbb.json", {"config": config, "seconds": {"ppl_ptb": 3600,
+                                                                                             "zeroshot": 1800}, **env})
+    head = report.records_markdown().split("\n")[0]
+    assert head.startswith("1 pruning runs and 1 dense evaluations, 2.0 hours of compute in all")  # (1800+5400) s
