@@ -17,6 +17,12 @@ def _schemes(df: pd.DataFrame) -> pd.DataFrame:
     return df.reset_index(drop=True).assign(scheme=lambda d: d.recon.map(LABELS))
 
 
+def _long(df: pd.DataFrame, keys: list[str], metrics: list[str]) -> pd.DataFrame:
+    """One row per (keys, metric), the metric named by its table head: panel titles sit side by side."""
+    d = df.melt(id_vars=keys, value_vars=metrics, var_name="metric")
+    return d.assign(metric=d.metric.map(lambda m: HEADERS.get(m, m)))
+
+
 def _done(grid):
     """Close the figure: the notebooks glue it into the page, and an open one would show a second time."""
     plt.close(grid.figure)
@@ -45,8 +51,7 @@ def final_error_bars(df: pd.DataFrame):
 
 def paired_change(df: pd.DataFrame, key: str, before, after, metrics: list[str]):
     """Each seed's move from `before` to `after` of `key`, one line per seed, a panel per model and metric."""
-    d = df[df[key].isin([before, after])].melt(id_vars=["model", "seed", key], value_vars=metrics, var_name="metric")
-    d["metric"] = d.metric.map(lambda m: HEADERS.get(m, m))  # short panel titles: they sit side by side
+    d = _long(df[df[key].isin([before, after])], ["model", "seed", key], metrics)
     d[key] = d[key].map({before: str(before), after: str(after)} if key != "recon" else LABELS)
     grid = sns.relplot(d, x=key, y="value", units="seed", estimator=None, row="model", col="metric", kind="line",
                        marker="o", height=2.6, aspect=0.9, facet_kws={"sharey": False})
@@ -57,8 +62,7 @@ def paired_change(df: pd.DataFrame, key: str, before, after, metrics: list[str])
 
 def metric_vs(df: pd.DataFrame, x: str, metrics: list[str]):
     """Metrics against one swept field, mean ± sd where a point has several seeds, a row per model."""
-    d = df.melt(id_vars=["model", "seed", x], value_vars=metrics, var_name="metric")
-    d["metric"] = d.metric.map(lambda m: HEADERS.get(m, m))
+    d = _long(df, ["model", "seed", x], metrics)
     grid = sns.relplot(d, x=x, y="value", row="model", col="metric", kind="line", marker="o", errorbar="sd",
                        err_style="bars", height=2.6, aspect=1.0, facet_kws={"sharey": False})
     grid.set_titles("{row_name} · {col_name}")
