@@ -315,8 +315,8 @@ def verify(sample: int = 2, tolerance: float = TOLERANCE, progress: bool = False
     return rows
 
 
-def all_records() -> list[dict]:
-    """Every finished pruning record in the results folder."""
+def all_records(dense: bool = False) -> list[dict]:
+    """Every finished pruning record in the results folder (`dense`: the dense models' records instead)."""
     folder = results_dir()
-    return [json.loads(f.read_text()) for f in sorted(folder.glob("*.json")) if not f.name.startswith("dense-")] \
+    return [json.loads(f.read_text()) for f in sorted(folder.glob("*.json")) if f.name.startswith("dense-") == dense] \
         if folder.is_dir() else []

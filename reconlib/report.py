@@ -1,7 +1,6 @@
 """Markdown tables for the book, generated from the run records (never typed in)."""
 from __future__ import annotations
 
-import json
 import platform
 
 import pandas as pd
@@ -63,7 +62,7 @@ def records_markdown() -> str:
                        for r in all_})
     versions = sorted({", ".join(f"{k} {v}" for k, v in r["versions"].items()) for r in all_})
     # the dense models' records (their whole-test-set perplexities, zero-shot) are part of what the store cost
-    dense = [json.loads(f.read_text()) for f in sorted(records.results_dir().glob("dense-*.json"))]
+    dense = records.all_records(dense=True)
     hours = (sum(r["seconds"]["total"] for r in all_) + sum(sum(r["seconds"].values()) for r in dense)) / 3600
     head = (f"{len(rows)} pruning runs and {len(dense)} dense evaluations, {hours:.1f} hours of compute in all "
             f"(wall time of each record, summed). "

@@ -101,25 +101,22 @@ def test_verify_names_a_record_that_does_not_reproduce(monkeypatch):
         records.verify(sample=1)
 
 
+def _stat(pid) -> list[str]:
+    """A process's /proc stat fields after its name (state, parent, ...); [] once it has ended."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return []
+
+
 def _children(pid: int) -> set[int]:
     """Processes whose parent is `pid`, from /proc (Linux)."""
-    found = set()
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:  # the process ended while we looked
-            continue
-        if int(fields[1]) == pid:
-            found.add(int(stat.parent.name))
-    return found
+    return {int(p.name) for p in Path("/proc").glob("[0-9]*") if _stat(p.name)[1:2] == [str(pid)]}
 
 
 def _alive(pid: int) -> bool:
     """Running, not a zombie that nobody reaped yet."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+    return _stat(pid)[:1] not in ([], ["Z"])
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the process table from /proc")
@@ -176,8 +173,6 @@ def test_the_papers_block_weights_are_what_those_architectures_hold():
 def test_each_models_adam_lr_lowers_its_own_loss_in_the_committed_store():
     """The rule behind GRIDS["cpu"].lr (book/evidence.md): Wanda BR starts from Wanda LR's weights and masks on
     block 0's dense input, so its block-0 error must end below LR's. Gemma 3 at lr 1e-3 ended at 2.4× it."""
-    from pathlib import Path
-
     store = Path(__file__).parents[1] / "book" / "records"
     checked = 0
     for model in grid.grid("cpu").models:
