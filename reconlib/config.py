@@ -22,6 +22,8 @@ class RunConfig:
     n_calib: int = 32                   # calibration windows (paper: 256)
     seq_len: int = 512                  # tokens per window (paper: 1024 calibration, 2048 evaluation)
     self_gen: int = 0                   # self-generated windows added for reconstruction (method.md §5)
+    extra_real: int = 0                 # more real windows added for reconstruction only, as self_gen's are:
+                                        # the masks stay those of the n_calib windows (finding 3's control)
     epochs: int = 10                    # Adam epochs per unit; 0 = LR
     lr: float = 2e-4                    # decayed linearly to 0
     batch_size: int = 8
@@ -74,13 +76,14 @@ class RunConfig:
              f"{self.criterion!r}, recon={self.recon!r}, test_error={list(self.test_error)}: raise n_calib, or use "
              "criterion='magnitude', recon='lr', test_error=''")
         need(isinstance(self.sequential, bool), f"sequential must be true or false, got {self.sequential!r}")
-        for name in ("self_gen", "epochs", "max_eval_windows", "zeroshot_limit"):
+        for name in ("self_gen", "extra_real", "epochs", "max_eval_windows", "zeroshot_limit"):
             need(isinstance(getattr(self, name), int) and getattr(self, name) >= 0,
                  f"{name} must be an integer ≥ 0, got {getattr(self, name)!r}")
         need(self.lr > 0, f"lr must be > 0, got {self.lr}")
-        need(self.n_calib == 0 or self.batch_size <= self.n_calib + self.self_gen,
+        need(self.n_calib == 0 or self.batch_size <= self.n_calib + self.self_gen + self.extra_real,
              f"batch_size {self.batch_size} is larger than the calibration set ({self.n_calib} + {self.self_gen} "
-             "windows): lower batch_size or raise n_calib")
+             f"+ {self.extra_real} windows): lower batch_size or raise n_calib")
+        need(self.n_calib > 0 or not self.extra_real, "extra_real adds real windows to n_calib's: raise n_calib")
         need(self.recon == "lr" or self.epochs > 0,
              f"recon={self.recon!r} trains by Adam and needs epochs ≥ 1 (epochs=0 is recon='lr')")
         need(self.device in ("auto", "cpu") or self.device.startswith("cuda"),
@@ -123,7 +126,7 @@ class RunConfig:
         return from_dict({**self.to_dict(), **overrides})
 
 
-ADDED = {"sequential": False}  # fields added after records were first committed, left out of key() at their default
+ADDED = {"sequential": False, "extra_real": 0}  # fields added after records were first committed, left out of key() at their default
 
 
 def _is_local(corpus: str) -> bool:

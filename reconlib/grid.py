@@ -24,15 +24,20 @@ class Grid:
     zeroshot_limit: int     # items per zero-shot task, for the dense model and the rows in ZEROSHOT_ROWS
     full_eval: bool         # the intro table's rows get perplexity on the whole test sets
     lr: dict = field(default_factory=dict)  # model → Adam's lr, where the profile's overshoots (bench/lr_check.py)
+    fewer: dict = field(default_factory=dict)  # model → seeds of its magnitude and Wanda rows, where fewer
 
 
 GRIDS = {
-    "smoke": Grid(models={"tiny-llama": (0, 1)}, epochs=(1, 2), n_calib=(4, 8), self_gen=(0, 2),
+    "smoke": Grid(models={"tiny-llama": (0, 1)}, epochs=(1, 2), n_calib=(4, 8), self_gen=(0, 8),
                   zeroshot_limit=2, full_eval=False),
-    "cpu": Grid(models={"smollm2-135m": (0, 1, 2), "gemma3-270m": (0,)}, epochs=(1, 2, 4), n_calib=(16, 32, 64),
-                self_gen=(0, 32, 64), zeroshot_limit=100, full_eval=True,
+    # 5 seeds: a one-sided paired t-test at α = 0.05 then has 80% power at an effect of about 1.5 sd
+    "cpu": Grid(models={"smollm2-135m": (0, 1, 2, 3, 4), "gemma3-270m": (0, 1, 2, 3, 4)}, epochs=(1, 2, 4),
+                n_calib=(16, 32, 64), self_gen=(0, 32, 64), zeroshot_limit=100, full_eval=True,
                 # lr 1e-3 makes Adam end above its start on Gemma 3 (block 0's error 1.9 → 4.7): the paper's 2e-4
-                lr={"gemma3-270m": 2e-4}),
+                lr={"gemma3-270m": 2e-4},
+                # Gemma 3's magnitude and Wanda steps cut its error by 22–66% a step: 3 seeds separate them,
+                # and the 2 seeds saved are 3.6 CPU-hours
+                fewer={"gemma3-270m": (0, 1, 2)}),
     "paper": Grid(models={"facebook/opt-125m": (0,)}, epochs=(5, 10), n_calib=(128, 256), self_gen=(0, 256),
                   zeroshot_limit=0, full_eval=True),
 }
@@ -57,7 +62,7 @@ def cell(profile: str, model: str | None = None, seed: int = 0, **fields) -> Run
     own, g = base(profile, model), grid(profile)
     config = own.replace(seed=seed, **fields)
     first_model, first_seed = next(iter(g.models)), g.models[config.model][0]
-    default = (config.epochs, config.n_calib, config.self_gen) == (own.epochs, own.n_calib, 0)
+    default = (config.epochs, config.n_calib, config.self_gen, config.extra_real) == (own.epochs, own.n_calib, 0, 0)
     row = (config.criterion, config.recon)
     extra = {}
     if config.recon != "lr" and config.model in g.lr:  # LR trains nothing: its records keep the profile's key
@@ -85,14 +90,15 @@ def lr(profile: str, model: str) -> float:
     return grid(profile).lr.get(model, base(profile, model).lr)
 
 
-def seeds(profile: str, model: str) -> tuple:
-    return grid(profile).models[model]
+def seeds(profile: str, model: str, criterion: str = "sparsegpt") -> tuple:
+    g = grid(profile)
+    return g.fewer.get(model, g.models[model]) if criterion in ("magnitude", "wanda") else g.models[model]
 
 
 def error_reduction_cells(profile: str, model: str) -> list[RunConfig]:
-    """Finding 1: every criterion × scheme, every seed."""
+    """Finding 1: every criterion × scheme, every seed (fewer for magnitude and Wanda where the grid says)."""
     return [cell(profile, model, s, criterion=c, recon=r) for s in seeds(profile, model) for c in CRITERIA
-            for r in SCHEMES]
+            for r in SCHEMES if s in seeds(profile, model, c)]
 
 
 def sweep_cells(profile: str, model: str, field: str) -> list[RunConfig]:
@@ -105,12 +111,29 @@ def sweep_cells(profile: str, model: str, field: str) -> list[RunConfig]:
             for v in values for s in seeds(profile, model) if v in read or s == seeds(profile, model)[0]]
 
 
+def self_gen_cells(profile: str, model: str) -> dict[str, list[RunConfig]]:
+    """Finding 3 and its two controls on every seed, SparseGPT BR+GP+CR. Adding k generated windows to n real
+    ones changes two things besides the text: (n + k)/n times the Adam steps, and k more windows. So:
+    "real" (no generated text), "generated" (+k), "steps" (no generated text, epochs × (n + k)/n: the same
+    steps), "more real" (+k real windows, for reconstruction only as generated ones are: the same masks)."""
+    own, k = base(profile, model), max(grid(profile).self_gen)
+    steps = own.epochs * (own.n_calib + k) / own.n_calib
+    if steps != int(steps):
+        raise ValueError(f"profile {profile!r}: the steps control needs epochs × (n_calib + self_gen) / n_calib "
+                         f"to be whole, got {steps}")
+    variants = {"real": {}, "generated": dict(self_gen=k), "steps": dict(epochs=int(steps)),
+                "more real": dict(extra_real=k)}
+    return {name: [cell(profile, model, s, criterion="sparsegpt", recon="br+gp+cr", **v)
+                   for s in seeds(profile, model)] for name, v in variants.items()}
+
+
 def runs(profile: str) -> list[RunConfig]:
     """Every pruning run of the grid, without repeats, in the order the pages read them."""
     out = {}
     for model in grid(profile).models:
         for c in error_reduction_cells(profile, model) + [
-                c for f in ("epochs", "n_calib", "self_gen") for c in sweep_cells(profile, model, f)]:
+                c for f in ("epochs", "n_calib", "self_gen") for c in sweep_cells(profile, model, f)] + [
+                c for cells in self_gen_cells(profile, model).values() for c in cells]:
             out.setdefault(c.key(), c)
     return list(out.values())
 
@@ -122,7 +145,7 @@ def dense_runs(profile: str) -> list[RunConfig]:
 def cost(config: RunConfig) -> float:
     """A rough relative cost, for the ETA: tokens through blocks, and the long evaluations."""
     tokens = config.n_calib * config.seq_len
-    trained = config.train_epochs * 3 * (config.n_calib + config.self_gen) * config.seq_len
+    trained = config.train_epochs * 3 * (config.n_calib + config.self_gen + config.extra_real) * config.seq_len
     return (tokens * 4 + trained * (2 if config.recon == "br+gp+cr" else 1)
             + 2 * len(config.test_error) * config.n_test * config.seq_len) / 1e6 + (
         30 if config.max_eval_windows == 0 else 1) + (10 if config.zeroshot else 0)
@@ -232,5 +255,5 @@ def compute(profile: str, workers: int = 1, progress: bool = True, executor: str
 def label(kind: str, config: RunConfig) -> str:
     if kind == "dense":
         return f"{config.model} dense"
-    sweep = ", ".join(f"{k} {getattr(config, k)}" for k in ("epochs", "n_calib", "self_gen"))
+    sweep = ", ".join(f"{k} {getattr(config, k)}" for k in ("epochs", "n_calib", "self_gen", "extra_real"))
     return f"{config.model} {config.criterion} {config.recon} seed {config.seed} ({sweep})"

@@ -102,9 +102,39 @@ def environment() -> dict:
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "transformers": transformers.__version__},
         "git_commit": commit, "source_digest": source_digest(),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                    "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
+        "machine": machine(),
     }
+
+
+# the variables that switch the kernels torch dispatches to: a record computed under one names it
+ISA_VARIABLES = ("ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS", "DNNL_MAX_CPU_ISA", "MKL_CBWR")
+
+
+def machine() -> dict:
+    """What decides a record's last bits: the CPU and the vector ISA torch's kernels dispatch to, the BLAS
+    and oneDNN builds, the thread count (and any variable that switched the ISA). Two records that agree on
+    all of it were computed by the same kernels."""
+    cpu = next((line.split(":", 1)[1].strip() for line in _read("/proc/cpuinfo").splitlines()
+                if line.startswith("model name")), platform.processor() or platform.machine())
+    flags = next((line.split(":", 1)[1].split() for line in _read("/proc/cpuinfo").splitlines()
+                  if line.startswith("flags")), [])
+    built = torch.__config__.show()
+    blas = next((line.strip(" -") for line in built.splitlines() if "Math Kernel Library" in line or "OpenBLAS" in line),
+                "BLAS_INFO=" + (built.split("BLAS_INFO=")[1].split(",")[0] if "BLAS_INFO=" in built else "unknown"))
+    return {"platform": platform.platform(), "cpus": os.cpu_count(), "cpu_model": cpu,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "amx": any(f.startswith("amx") for f in flags), "blas": blas,
+            "onednn": next((line.strip(" -") for line in built.splitlines() if "MKL-DNN" in line or "oneDNN" in line), None),
+            "threads": torch.get_num_threads(),
+            "isa_variables": {k: os.environ[k] for k in ISA_VARIABLES if k in os.environ},
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+
+
+def _read(file: str) -> str:
+    try:
+        return Path(file).read_text()
+    except OSError:
+        return ""
 
 
 def _bos(model, tokenizer, config: RunConfig) -> int | None:
@@ -174,16 +204,19 @@ def compute(config: RunConfig, progress: bool = True, out: str | Path | None = N
     else:
         model, tokenizer = models.load_model(config.model)
     bos = _bos(model, tokenizer, config)
-    calib = data.calibration_set(config.calib, tokenizer, config.n_calib, config.seq_len, config.seed, bos) \
+    # one draw of n_calib + extra_real windows: its first n_calib are exactly the draw of n_calib alone, so the
+    # extra real windows leave the masks (and the reported error) those of the n_calib windows
+    real = data.calibration_set(config.calib, tokenizer, config.n_calib + config.extra_real, config.seq_len,
+                                config.seed, bos) \
         if config.n_calib else torch.zeros(0, config.seq_len, dtype=torch.long)  # magnitude LR from weights alone
+    calib, extra = real[:config.n_calib], real[config.n_calib:]
     test = {name: data.eval_windows(name, tokenizer, config.seq_len, bos, config.n_test) for name in config.test_error}
-    extra = None
     if config.self_gen:
         from .selfgen import self_generated
 
         # texts twice the window, as the paper cuts 1024-token windows from texts of up to 2048 tokens
-        extra = self_generated(model, tokenizer, config.self_gen, config.seq_len, seed=config.seed,
-                               text_len=2 * config.seq_len, model_name=config.model)
+        extra = torch.cat([self_generated(model, tokenizer, config.self_gen, config.seq_len, seed=config.seed,
+                                          text_len=2 * config.seq_len, model_name=config.model), extra])
     before = time.perf_counter()
     result = reconstruct.prune(model, config, calib, test, extra, progress=progress,
                                store=models.cache_dir() / "dense", model_id=_model_id(config.model),
@@ -212,7 +245,7 @@ def compute(config: RunConfig, progress: bool = True, out: str | Path | None = N
         "peak_memory_mb": result.peak_memory_mb, **environment(),
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    if extra is not None:  # what the model wrote, for the page: the cache of texts may be on another machine
+    if config.self_gen:  # what the model wrote, for the page: the cache of texts may be on another machine
         record["self_gen_sample"] = tokenizer.decode(extra[0], skip_special_tokens=True)
     if out is not None and blocks is None:
         models.save_pruned(model.cpu(), tokenizer, out, config.to_dict())
