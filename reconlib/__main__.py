@@ -1,4 +1,4 @@
-"""Command line: `python -m reconlib eval | prune | zeroshot | grid | summary | cost | rule | records [verify]`.
+"""Command line: `python -m reconlib eval | prune | zeroshot | grid | summary | cost | rule | records [verify | audit]`.
 
 `prune` takes one flag per RunConfig field (generated from the dataclass), so the CLI, the notebooks and
 the run records share one vocabulary.
@@ -90,14 +90,15 @@ def _write(text: str, out: str | None) -> None:
 def cmd_report(args) -> dict:
     from . import records, report
 
-    if args.command == "records" and args.action == "verify":
-        args.tolerance = args.tolerance or records.TOLERANCE
-        rows = records.verify(args.sample, args.tolerance)
-        _write(report.verify_markdown(rows, args.tolerance), args.out)
-        return {"verified": len(rows), "max_relative_difference": max((r["max_relative_difference"] for r in rows),
-                                                                      default=0.0), "tolerance": args.tolerance}
-    text = {"summary": report.summary_markdown, "cost": report.cost_markdown,
-            "rule": lambda profile: report.findings.RULE + "\n",
+    if args.command == "records" and args.action in ("verify", "audit"):
+        from . import verify
+
+        rows = verify.verify(args.sample, args.profile) if args.action == "verify" else verify.audit(args.profile)
+        _write((report.verify_markdown if args.action == "verify" else report.audit_markdown)(rows), args.out)
+        return {"checked": len(rows), "failed": [r["record"] for r in rows if r["failures"] or r["flipped"]],
+                "cases": sorted({r["case"] for r in rows}), "largest_relative_difference": max(
+                    (r["worst"] for r in rows), default=0.0)}
+    text = {"summary": report.summary_markdown, "cost": report.cost_markdown, "rule": report.rule_markdown,
             "records": lambda profile: report.records_markdown()}[args.command](args.profile)
     _write(text, args.out)
     return {}
@@ -155,10 +156,11 @@ def main(argv=None) -> int:
         p.add_argument("--profile", default="cpu")
         p.set_defaults(func=cmd_report)
         if name == "records":
-            p.add_argument("action", nargs="?", choices=("table", "verify"), default="table",
-                           help="verify: check every record's digest and recompute the --sample cheapest")
+            p.add_argument("action", nargs="?", choices=("table", "verify", "audit"), default="table",
+                           help="verify: check every record's digest and recompute the --sample cheapest here, "
+                                "judged bit-tight on the machine that wrote them and against a measured band "
+                                "elsewhere; audit: the same for the cheapest record of each code version in the store")
             p.add_argument("--sample", type=int, default=2)
-            p.add_argument("--tolerance", type=float, help="relative (default: records.TOLERANCE, 1e-3)")
 
     for p in sub.choices.values():
         p.add_argument("--json", action="store_true", help="print one JSON object on stdout")

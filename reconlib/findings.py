@@ -7,10 +7,12 @@ a run missing from the store is computed (records.run) and recorded.
 from __future__ import annotations
 
 import math
+import os
+from dataclasses import dataclass
 
 import pandas as pd
 
-from . import grid, paper, records
+from . import grid, paper, records, stats
 from .config import CRITERIA, SCHEMES, RunConfig
 
 PAPER_MODELS = ("llama-7b", "opt-125m")
@@ -19,44 +21,63 @@ LABELS = {"lr": "LR", "br": "BR", "br+gp": "BR+GP", "br+gp+cr": "BR+GP+CR"}
 SUBSET = {"smoke": 2, "cpu": 32, "paper": 0}  # perplexity windows every run reports (0 = whole test set)
 
 
-# ------------------------------------------------------------------ the verdict rule
-RULE = ("A part of a finding **holds** on a model when its paired per-seed effect (same seed, so same "
-        "calibration windows, with and without the step) has the paper's sign for every seed and its mean "
-        "exceeds twice its standard error; it **does not hold** when the same is true with the opposite sign; "
-        "otherwise it is **not separable from seed noise** (always so with fewer than two seeds). A finding of "
-        "several parts holds when every part holds, does not hold when any part does not hold, and is not "
-        "separable from seed noise otherwise.")
+# ------------------------------------------------------------------ the verdict rule (stats.py)
+RULE = ("Each part of a finding is a paired comparison: the same seed, so the same calibration windows, with and "
+        "without the step. Its per-seed changes get a one-sided paired t-test at α = 0.05 in the paper's "
+        "direction, reported as the mean change with its 95% confidence interval, the p-value and n. A finding "
+        "**holds** on a model when every part is significant in the paper's direction; it **does not hold** when "
+        "some part is significant in the opposite direction after a Holm correction across the finding's parts; "
+        "otherwise it is **not separable from seed noise** (always so with one seed). A null effect would show as "
+        "intervals that straddle 0 and p-values spread evenly over (0, 1).")
 
 
-def verdict(effects) -> str:
-    """The rule above, for one part: `effects` are per-seed effects signed so that the paper's claim is > 0."""
-    e = [float(x) for x in effects]
-    if len(e) < 2:
-        return "not separable from seed noise"
-    mean = sum(e) / len(e)
-    se = math.sqrt(sum((x - mean) ** 2 for x in e) / (len(e) - 1) / len(e))
-    if all(x > 0 for x in e) and mean > 2 * se:
-        return "holds"
-    if all(x < 0 for x in e) and -mean > 2 * se:
-        return "does not hold"
-    return "not separable from seed noise"
+@dataclass(frozen=True)
+class Part:
+    """One paired comparison: per-seed changes (after − before, in the metric's units or %) and the paper's
+    direction (-1: it falls, +1: it rises)."""
+    name: str
+    changes: list
+    direction: int
+
+    @property
+    def test(self) -> stats.Test:
+        return stats.t_test([self.direction * c for c in self.changes])
 
 
-def combine(words) -> str:
-    """A finding of several parts: all hold → holds; any does not hold → does not hold; else not separable."""
-    words = list(words)
-    if words and all(w == "holds" for w in words):
-        return "holds"
-    return "does not hold" if "does not hold" in words else "not separable from seed noise"
+def fmt_change(part: Part) -> str:
+    """mean change [95% CI], in the change's own sign (so a rise reads +, a fall −)."""
+    t, d = part.test, part.direction
+    if t.n == 0:
+        return "no runs yet"
+    if t.n < 2:
+        return f"{t.mean * d:+.3g} (one seed)"
+    lo, hi = sorted((t.ci[0] * d, t.ci[1] * d))
+    return f"{t.mean * d:+.3g} [{lo:+.3g}, {hi:+.3g}]"
 
 
-def mean_se(effects) -> str:
-    e = [float(x) for x in effects]
-    mean = sum(e) / len(e)
-    if len(e) < 2:
-        return f"{mean:+.3g} (n=1)"
-    se = math.sqrt(sum((x - mean) ** 2 for x in e) / (len(e) - 1) / len(e))
-    return f"{mean:+.3g} ± {se:.2g} (n={len(e)})"
+def fmt_p(p: float) -> str:
+    return "—" if math.isnan(p) else "<0.001" if p < 0.001 else f"{p:.2g}"
+
+
+def judge(finding: str, parts: list[Part], unit: str) -> dict:
+    """The rule applied to a finding's parts → {finding, verdict, parts (a table), words (part → verdict)}."""
+    verdict, words = stats.verdicts([p.test for p in parts])
+    table = pd.DataFrame([{"part": p.name, "paper": "falls" if p.direction < 0 else "rises",
+                           f"change ({unit}), 95% CI": fmt_change(p), "p": fmt_p(p.test.p), "n": p.test.n,
+                           "verdict": w} for p, w in zip(parts, words)])
+    return {"finding": finding, "verdict": verdict, "parts": table, "words": dict(zip((p.name for p in parts), words)),
+            "tests": {p.name: p for p in parts}}
+
+
+def deciding(v: dict) -> str:
+    """The part that decides a verdict, with its numbers: the weakest part of one that holds, the part against
+    it of one that does not, and the part furthest from significance otherwise."""
+    parts = list(v["tests"].values())
+    if v["verdict"] == stats.FAILS:
+        part = min(parts, key=lambda p: p.test.p_opposite)
+    else:
+        part = max(parts, key=lambda p: (math.isnan(p.test.p), p.test.p))
+    return f"{part.name}: {fmt_change(part)}, p = {fmt_p(part.test.p)}"
 
 
 # ------------------------------------------------------------------ runs → rows
@@ -71,6 +92,7 @@ def row(record: dict, subset: int) -> dict:
     c = record["config"]
     out = {"model": c["model"], "seed": c["seed"], "criterion": c["criterion"], "sparsity": c["sparsity"],
            "recon": c["recon"], "epochs": c["epochs"], "n_calib": c["n_calib"], "self_gen": c["self_gen"],
+           "extra_real": c.get("extra_real", 0),
            "final_error": record["final_error"], "final_error_from1": record["block_error_from1"][-1]}
     # the part of the final error at position 0 (of T): 1 − (mean error over positions 1..T−1) · (T−1) / T / mean
     out["position0_share_%"] = 100 * (1 - out["final_error_from1"] * (c["seq_len"] - 1) / c["seq_len"] / out["final_error"])
@@ -78,14 +100,22 @@ def row(record: dict, subset: int) -> dict:
     out |= {f"ppl_{k}": ppl(record, k, subset) for k in record["ppl_windows"]}
     if record.get("zeroshot"):
         out["mean_acc"] = 100 * record["zeroshot"]["mean_acc"]
-    out["seconds"] = record["seconds"]["prune"]
+    out["seconds"], out["seconds_total"] = record["seconds"]["prune"], record["seconds"]["total"]
     out["peak_memory_mb"] = record["peak_memory_mb"]
     return out
 
 
+def computing() -> bool:
+    """Whether the findings compute the runs missing from the store (the default), or read the store as it is
+    and leave them out (RECONLIB_COMPUTE=0, as `make book` does: `make records` computes them side by side)."""
+    return os.environ.get("RECONLIB_COMPUTE", "1") != "0"
+
+
 def table(configs: list[RunConfig], profile: str, progress: bool = True) -> pd.DataFrame:
-    """One row per config: its record's headline numbers (computing the runs that are missing)."""
-    return pd.DataFrame([row(records.run(c, progress=progress), SUBSET[profile]) for c in configs])
+    """One row per config: its record's headline numbers (computing the runs that are missing, unless not
+    `computing()`: then a missing run has no row)."""
+    found = [records.run(c, progress=progress) if computing() else records.stored(c) for c in configs]
+    return pd.DataFrame([row(r, SUBSET[profile]) for r in found if r is not None])
 
 
 # the pages' column heads: short, so that a table of six metrics fits the page
@@ -103,11 +133,12 @@ def spread(df: pd.DataFrame, by: list[str], metrics: list[str]) -> pd.DataFrame:
     return out.rename(columns=HEADERS)
 
 
-def paired(df: pd.DataFrame, key: str, before, after, metric: str, sign: int = 1) -> list[float]:
-    """Per-seed effect sign · (metric before − metric after), matched on seed."""
+def changes(df: pd.DataFrame, key: str, before, after, metric: str, relative: bool = False) -> list[float]:
+    """Per-seed change of `metric` from the rows where key == before to those where key == after, matched on
+    seed: after − before, or in % of before (`relative`)."""
     b = df[df[key] == before].set_index("seed")[metric]
     a = df[df[key] == after].set_index("seed")[metric]
-    return [sign * (b[s] - a[s]) for s in sorted(set(a.index) & set(b.index))]
+    return [(a[s] - b[s]) * (100 / b[s] if relative else 1) for s in sorted(set(a.index) & set(b.index))]
 
 
 # ------------------------------------------------------------------ finding 1
@@ -125,20 +156,12 @@ def paper_errors() -> pd.DataFrame:
 
 
 def verdict_error_reduction(df: pd.DataFrame) -> dict:
-    """Each of LR→BR, BR→BR+GP, BR+GP→BR+GP+CR lowers the final error, for every criterion."""
-    parts = {}
-    for c in df.criterion.unique():
-        d = df[df.criterion == c]
-        for a, b in STEPS:  # relative reduction per seed, in %
-            e = [100 * x / d[(d.recon == a) & (d.seed == s)].final_error.iloc[0]
-                 for x, s in zip(paired(d, "recon", a, b, "final_error"), sorted(d.seed.unique()))]
-            parts[f"{c} {LABELS[a]}→{LABELS[b]}"] = (e, verdict(e))
-    return _verdict("1. BR, GP and CR each lower the final error", parts, "error reduction, %")
-
-
-def _verdict(finding: str, parts: dict, unit: str) -> dict:
-    table = pd.DataFrame([{"part": k, f"effect ({unit})": mean_se(e), "verdict": w} for k, (e, w) in parts.items()])
-    return {"finding": finding, "parts": table, "verdict": combine(w for _, w in parts.values())}
+    """Each of LR→BR, BR→BR+GP, BR+GP→BR+GP+CR lowers the final error, for every criterion: the per-seed change
+    of each step, in % of the error before it (not the cumulative cut vs LR of the table)."""
+    parts = [Part(f"{c} final error, {LABELS[a]} → {LABELS[b]}", changes(df[df.criterion == c], "recon", a, b,
+                                                                         "final_error", relative=True), -1)
+             for c in df.criterion.unique() for a, b in STEPS]
+    return judge("1. BR, GP and CR each lower the final error", parts, "% of the step's start")
 
 
 # ------------------------------------------------------------------ finding 2
@@ -149,14 +172,46 @@ def overfitting(profile: str, model: str, progress: bool = True) -> pd.DataFrame
     return table(configs, profile, progress)
 
 
+METRICS = {"final_error": "calibration error", "test_error_wikitext2": "WikiText-2 test error",
+           "test_error_ptb": "PTB test error", "ppl_wikitext2": "WikiText-2 perplexity", "ppl_ptb": "PTB perplexity"}
+
+
+def _measured(df: pd.DataFrame) -> list[str]:
+    return [c for c in METRICS if c in df.columns and c != "final_error"]
+
+
 def verdict_overfitting(df: pd.DataFrame) -> dict:
-    """CR lowers the calibration error, raises the test error on every test set, and raises perplexity."""
-    parts = {"calibration error falls": paired(df, "recon", "br+gp", "br+gp+cr", "final_error")}
-    for col in [c for c in df.columns if c.startswith(("test_error_", "ppl_"))]:
-        what = col.replace("test_error_", "test error ").replace("ppl_", "perplexity ")
-        parts[f"{what} rises"] = paired(df, "recon", "br+gp", "br+gp+cr", col, sign=-1)
-    return _verdict("2. CR overfits: calibration error falls, test error and perplexity rise (SparseGPT)",
-                    {k: (e, verdict(e)) for k, e in parts.items()}, "BR+GP → BR+GP+CR")
+    """LLaMA-7B's regime: CR lowers the calibration error, raises the test error on every test set, and raises
+    perplexity. `regime` then reads each part against both of the paper's models."""
+    step = f"{LABELS['br+gp']} → {LABELS['br+gp+cr']}"
+    parts = [Part(f"{METRICS[m]}, {step}", changes(df, "recon", "br+gp", "br+gp+cr", m), -1 if m == "final_error" else 1)
+             for m in ["final_error"] + _measured(df)]
+    v = judge("2. CR overfits: calibration error falls, test error and perplexity rise (SparseGPT)", parts,
+              "metric's units")
+    return v | regime(v, [m for m in ["final_error"] + _measured(df)])
+
+
+def regime(v: dict, metrics: list[str]) -> dict:
+    """Which of the paper's two regimes a model's parts match: LLaMA-7B overfits (calibration error falls, test
+    error and perplexity rise), OPT-125M does not (all fall). A part moves ↑ or ↓ when its one-sided test in
+    that direction is significant, and ≈ otherwise; the paper's cells it does not report are —."""
+    def arrow(before, after):
+        return "—" if before is None or after is None else "↑" if after > before else "↓"
+
+    rows, ours = [], []
+    for m, (name, part) in zip(metrics, v["tests"].items()):
+        t = part.test
+        move = "≈" if t.n < 2 else ("↑" if part.direction > 0 else "↓") if t.p < stats.ALPHA else \
+            ("↓" if part.direction > 0 else "↑") if t.p_opposite < stats.ALPHA else "≈"
+        paper_moves = {pm: arrow(*(paper.lookup(pm, "sparsegpt", r, m) for r in ("br+gp", "br+gp+cr")))
+                       for pm in PAPER_MODELS}
+        rows.append({"part": name, "ours": move, "LLaMA-7B": paper_moves["llama-7b"], "OPT-125M": paper_moves["opt-125m"]})
+        ours.append(move)
+    table = pd.DataFrame(rows)
+    matches = [label for label, col in (("LLaMA-7B (overfits)", "LLaMA-7B"), ("OPT-125M (does not)", "OPT-125M"))
+               if all(o == p for o, p in zip(table.ours, table[col]) if p != "—")]
+    return {"regime": table, "matches": matches[0] if len(matches) == 1 else
+            "both (the parts that differ are not reported by the paper)" if matches else "neither"}
 
 
 def capacity(profile: str, df: pd.DataFrame) -> pd.DataFrame:
@@ -185,15 +240,24 @@ def sweep(profile: str, model: str, field: str, progress: bool = True) -> pd.Dat
 
 
 # ------------------------------------------------------------------ finding 3
-def verdict_self_generated(df: pd.DataFrame) -> dict:
-    """Adding the most self-generated windows lowers the test error on every set and the perplexity."""
-    most = df.self_gen.max()
-    parts = {}
-    for col in [c for c in df.columns if c.startswith(("test_error_", "ppl_"))]:
-        what = col.replace("test_error_", "test error ").replace("ppl_", "perplexity ")
-        parts[f"{what} falls"] = paired(df, "self_gen", 0, most, col)
-    return _verdict(f"3. Self-generated calibration (+{most}) lowers test error and perplexity",
-                    {k: (e, verdict(e)) for k, e in parts.items()}, f"0 → {most} self-generated")
+def self_generated(profile: str, model: str, progress: bool = True) -> pd.DataFrame:
+    """Finding 3's runs and its controls on every seed, one row each, `variant` naming which (grid.self_gen_cells)."""
+    cells = grid.self_gen_cells(profile, model)
+    parts = [table(c, profile, progress).assign(variant=name) for name, c in cells.items()]
+    return pd.concat([p for p in parts if len(p)], ignore_index=True)
+
+
+def verdict_self_generated(df: pd.DataFrame, against: str = "real") -> dict:
+    """The generated windows lower the test error on every set and the perplexity, compared with `against`:
+    "real" (the paper's claim), "steps" (the same Adam steps without generated text) or "more real" (as many
+    more real windows, for reconstruction only)."""
+    k = int(df.self_gen.max())
+    claim = {"real": f"3. Adding {k} self-generated windows lowers test error and perplexity",
+             "steps": f"3a. … more than training as many steps on the real windows alone",
+             "more real": f"3b. … more than adding {k} more real windows"}[against]
+    parts = [Part(f"{METRICS[m]}, {against} → generated", changes(df, "variant", against, "generated", m), -1)
+             for m in _measured(df)]
+    return judge(claim, parts, "metric's units")
 
 
 def dense(profile: str, model: str, full: bool = False) -> dict:
@@ -209,3 +273,19 @@ def curves(profile: str, model: str, data: str = "calibration") -> pd.DataFrame:
         out += [{"model": model, "seed": c.seed, "criterion": c.criterion, "recon": c.recon, "block": i, "error": e}
                 for i, e in enumerate(errors)]
     return pd.DataFrame(out)
+
+
+def part_verdicts(profile: str, model: str) -> dict:
+    """(finding, part) → verdict word, for every part the pages read: what `records verify` holds fixed."""
+    out = {}
+    for v in verdicts(profile, model):
+        out |= {(v["finding"], part): word for part, word in v["words"].items()}
+    return out
+
+
+def verdicts(profile: str, model: str, progress: bool = False) -> list[dict]:
+    """Every finding's verdict on one model: 1, 2, and 3 with its two controls."""
+    f3 = self_generated(profile, model, progress)
+    return [verdict_error_reduction(error_reduction(profile, model, progress)),
+            verdict_overfitting(overfitting(profile, model, progress))] + [
+            verdict_self_generated(f3, against) for against in ("real", "steps", "more real")]

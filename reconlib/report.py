@@ -1,24 +1,39 @@
 """Markdown tables for the book, generated from the run records (never typed in)."""
 from __future__ import annotations
 
-import platform
+import time
 
 import pandas as pd
 
-from . import findings, grid, records
+from . import findings, grid, records, stats, verify
 from .config import SCHEMES
 
 
 def verdicts(profile: str) -> pd.DataFrame:
-    """finding × model → verdict, from the records of the three findings' runs."""
+    """finding × model → verdict, the part that decides it (mean change, 95% CI, p) and n."""
     rows = []
     for model in grid.grid(profile).models:
-        f1 = findings.verdict_error_reduction(findings.error_reduction(profile, model))
-        f2 = findings.verdict_overfitting(findings.overfitting(profile, model))
-        f3 = findings.verdict_self_generated(findings.sweep(profile, model, "self_gen"))
-        n = len(grid.seeds(profile, model))
-        rows += [{"finding": f["finding"], "model": model, "seeds": n, "verdict": f["verdict"]} for f in (f1, f2, f3)]
-    return pd.DataFrame(rows).sort_values(["finding", "model"], kind="stable")
+        for v in findings.verdicts(profile, model):
+            n = sorted({p.test.n for p in v["tests"].values()})
+            rows.append({"finding": v["finding"].split(" ", 1)[0].rstrip("."), "model": model, "verdict": v["verdict"],
+                         "deciding part: change [95% CI], p": findings.deciding(v),
+                         "n": "–".join(map(str, (n[0], n[-1]) if n[0] != n[-1] else n[:1]))})
+    return pd.DataFrame(rows)
+
+
+def rule_markdown(profile: str = "cpu") -> str:
+    """The rule, and the rule measured on normal noise at the store's numbers of seeds (stats.simulate)."""
+    seeds = sorted({len(grid.seeds(profile, m)) for m in grid.grid(profile).models} | {3, 5})
+    rows = []
+    for n in seeds:
+        for parts, effect in ((1, 0.0), (5, 0.0), (1, 1.0), (1, 1.5), (5, 1.5)):
+            r = stats.simulate(n, parts, effect)
+            rows.append({"seeds": n, "parts": parts, "true effect (sd)": effect, "holds %": 100 * r[stats.HOLDS],
+                         "does not hold %": 100 * r[stats.FAILS]})
+    table = pd.DataFrame(rows).round(1)
+    return (findings.RULE + "\n\nThe rule on simulated findings (200,000 draws a row, each part's per-seed change "
+            "normal with the stated mean in units of its sd): at effect 0 *holds* is the false-positive rate, "
+            "at effect > 0 the power.\n\n" + table.to_markdown(index=False) + "\n")
 
 
 def intro_table(profile: str) -> pd.DataFrame:
@@ -38,10 +53,15 @@ def summary_markdown(profile: str = "cpu") -> str:
     base = grid.base(profile)
     models = ", ".join(f"{m} ({len(s)} seed{'s' * (len(s) > 1)})" for m, s in grid.grid(profile).models.items())
     lrs = ", ".join(f"{grid.lr(profile, m):g} ({m})" for m in grid.grid(profile).models)
+    missing = len(grid.missing(profile))
+    pending = (f" **{missing} runs of the grid are not in the store yet** (`make records` computes them): the "
+               f"verdicts read the seeds that are, and *n* says how many." if missing and not findings.computing() else "")
     head = (f"Models: {models}. {base.sparsity} sparsity, {base.n_calib} × {base.seq_len} calibration tokens "
             f"({base.calib}), {base.epochs} epochs of Adam at lr {lrs}, batch {base.batch_size} "
-            f"(profile `{profile}`).\n\n")
-    rule = f"\n\nThe rule: {findings.RULE}\n"
+            f"(profile `{profile}`).{pending} *Deciding part*: the weakest part of a finding that holds, the part "
+            f"against the paper of one that does not, else the part furthest from significance.\n\n")
+    rule = ("\n\nThe rule (the evidence page has it in full, with its error rates): a one-sided paired t-test "
+            "per part at α = 0.05; *holds* when every part is significant in the paper's direction.\n")
     model = next(iter(grid.grid(profile).models))
     intro = (f"\n\nPerplexity on the whole test sets ({base.seq_len}-token windows) and mean zero-shot accuracy "
              f"(%, {grid.grid(profile).zeroshot_limit or 'all'} items a task) of {model}, seed "
@@ -70,27 +90,82 @@ def records_markdown() -> str:
     return head + pd.DataFrame(rows).to_markdown(index=False) + "\n"
 
 
+SLOW = 1.5  # a run whose pruning took this many times its cell's fastest seed shared or lost the machine
+
+
+def timed(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(rows whose timings are clean, rows left out and why). Left out: a run resumed before seconds.total
+    counted the pruning done before its kill (total < prune), and a run that took over SLOW × the fastest seed
+    of its model, criterion and scheme (its grid was paused, or it shared the cores with other work: the same
+    work on the same machine varies by ±15% when it has the cores to itself)."""
+    fastest = df.groupby(["model", "criterion", "recon"]).seconds.transform("min")
+    why = pd.Series("", index=df.index)
+    why[df.seconds_total < df.seconds] = "total below its pruning (resumed before the fix)"
+    why[(why == "") & (df.seconds > SLOW * fastest)] = \
+        ("pruning took " + (df.seconds / fastest).round(1).astype(str) + "× its cell's fastest seed")
+    return df[why == ""], df[why != ""].assign(why=why[why != ""])
+
+
 def cost_markdown(profile: str = "cpu") -> str:
     """The analogue of the paper's Table 6: seconds and peak memory of pruning, per model and scheme."""
     df = pd.concat([findings.error_reduction(profile, m, progress=False) for m in grid.grid(profile).models])
-    df["minutes"] = df.seconds / 60
-    out = findings.spread(df.assign(recon=df.recon.map(findings.LABELS)), ["model", "recon"],
-                          ["minutes", "peak_memory_mb"]).reset_index()
+    clean, out_ = timed(df)
+    models = list(grid.grid(profile).models)
+    clean = clean.sort_values(["model", "recon"], key=lambda c: c.map((models if c.name == "model" else SCHEMES).index))
+    clean = clean.assign(minutes=clean.seconds / 60, recon=clean.recon.map(findings.LABELS))
+    out = findings.spread(clean, ["model", "recon"], ["minutes", "peak_memory_mb"]).reset_index()
+    left = out_.assign(run=out_.model + " " + out_.criterion + " " + out_.recon.map(findings.LABELS) + " seed "
+                       + out_.seed.astype(str), minutes=(out_.seconds / 60).round(1))[["run", "minutes", "why"]]
     paper = "LLaMA-7B, SparseGPT, batch 8, peak GPU memory (paper Table 6): LR 3.9 GB, BR 5.7, BR+GP 5.7, BR+GP+CR 10.6."
     return (f"Minutes of pruning (the reconstruction, not the evaluation) and the process's peak resident memory "
             f"(MB), mean ± sd over criteria and seeds, on the machine that wrote the records. The grid ran two runs "
-            f"side by side, one thread each, on a machine also used for other work: read the minutes as upper "
-            f"bounds, uncertain by tens of percent (the README's speed table has controlled timings). {paper}\n\n"
-            + out.to_markdown(index=False) + "\n")
+            f"side by side, one thread each: read the minutes as uncertain by tens of percent (the README's speed "
+            f"table has controlled timings). {paper}\n\n" + out.to_markdown(index=False) + "\n\n"
+            f"Left out of the means ({len(left)} runs; rule: `reconlib.report.timed`):\n\n"
+            + (left.to_markdown(index=False) if len(left) else "none") + "\n")
 
 
-def verify_markdown(rows: list[dict], tolerance: float) -> str:
-    here = f"{platform.platform()}, {records.environment()['machine']['cpus']} CPUs"
-    table = pd.DataFrame([{"record": r["record"], "run": f"{r['config']['model']} {r['config']['criterion']} "
-                           f"{r['config']['recon']} seed {r['config']['seed']}", "numbers compared": r["numbers"],
-                           "max relative difference": f"{r['max_relative_difference']:.2g}",
-                           "seconds (stored / now)": f"{r['stored_seconds']:.0f} / {r['seconds']:.0f}"} for r in rows])
-    return (f"Recomputed on this machine ({here}) while the book was built: {len(rows)} records, every number they "
-            f"hold (per-block errors, test errors, perplexities, sparsity) agrees with the stored one to a relative "
-            f"{tolerance:g} (the tolerance), and every record's digest matches its content.\n\n"
-            + table.to_markdown(index=False) + "\n")
+def verify_markdown(rows: list[dict]) -> str:
+    """One row per recomputed record: both machines, stored and recomputed final error, the largest relative
+    difference, the band it was judged against, and the case and verdict."""
+    def cpu(m: dict) -> str:
+        return f"{m['cpu_model']}, {m['cpu_capability']}" if "cpu_capability" in m else "not recorded"
+
+    here = records.machine()
+    table = pd.DataFrame([{
+        "record": r["record"][:8], "run": f"{r['config']['model']} {r['config']['criterion']} "
+        f"{findings.LABELS[r['config']['recon']]} s{r['config']['seed']}",
+        "stored on": cpu(r["stored_machine"]), "case": r["case"],
+        "final error (stored / now)": f"{r['stored_final_error']:.6g} / {r['final_error']:.6g}",
+        "largest rel. diff.": f"{r['worst']:.2g}", "band there": f"{r['band']:.2g}",
+        "verdict": "fails" if r["failures"] or r["flipped"] else "agrees"} for r in rows])
+    flips = [r for r in rows if r["flipped"] is not None]
+    return (f"Recomputed on {cpu(here)} ({here['blas'].split(' Version')[0]}, torch "
+            f"{records.environment()['versions']['torch']}, {here['threads']} threads) while the book was built: "
+            f"{len(rows)} record(s), and every record's digest checked. *same kernels*: the record names this CPU, "
+            f"ISA, BLAS and versions, so every number must agree to a relative {verify.SAME_KERNELS:g}. *bit-equal*: "
+            f"the record names other kernels or none, and every number agrees all the same. *other kernels*: each "
+            f"field's band is {verify.SPREAD:g} × the largest relative difference that recomputing under "
+            f"{', '.join(map(str, verify.variants()))} makes in it here, at least {verify.FLOOR:g}. "
+            f"{len(flips)} of the records are read by a finding, and no verdict changed sign with the recomputed "
+            f"one.\n\n" + table.to_markdown(index=False) + "\n")
+
+
+def audit_markdown(rows: list[dict]) -> str:
+    """`records audit`: one record of each code version in the store, recomputed with today's code."""
+    table = pd.DataFrame([{
+        "source_digest": r["source_digest"], "record": r["record"][:8],
+        "run": f"{r['config']['model']} {r['config']['criterion']} {findings.LABELS[r['config']['recon']]} "
+               f"s{r['config']['seed']}", "case": r["case"],
+        "largest rel. diff.": f"{r['worst']:.2g}", "band there": f"{r['band']:.2g}",
+        "worst number": r["worst_number"], "verdict": "fails" if r["failures"] or r["flipped"] else "agrees"}
+        for r in rows])
+    here = records.machine()
+    return ("# Code versions, audited\n\nThe store's records were written by several versions of reconlib's source "
+            "(`source_digest`, a hash of the library's files). So that a verdict never compares two runs that "
+            "differ by code rather than by the step it reads, `python -m reconlib records audit` (`make audit`) "
+            "recomputed the cheapest record of each version with today's code on "
+            f"{here['cpu_model']} ({here['cpu_capability']}), judged by the rule of {{doc}}`reproducibility`. "
+            "*bit-equal* and *same kernels* mean today's code gives the stored numbers to the last bit; "
+            "*other kernels* that they differ and how far. Generated, and committed because it takes tens of "
+            f"minutes; written {time.strftime('%Y-%m-%d')}.\n\n" + table.to_markdown(index=False) + "\n")

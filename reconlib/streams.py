@@ -21,6 +21,10 @@ from . import arch
 from .evaluate import block_error
 
 
+# the variables that switch the kernels torch dispatches to (the CPU's own ISA is read from torch)
+ISA_VARIABLES = ("ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS", "DNNL_MAX_CPU_ISA", "MKL_CBWR")
+
+
 def autocast(device: torch.device, dtype: torch.dtype | None):
     """bf16/fp16 autocast on a GPU; plain fp32 on the CPU, where bf16 matmuls run ~100× slower."""
     if device.type == "cuda" and dtype not in (None, torch.float32):
@@ -60,8 +64,10 @@ def run(blocks: list[nn.Module], x: torch.Tensor, kwargs: list[dict], device: to
 
 def store_folder(root: Path, model_id: str, ids: torch.Tensor, batch_size: int, device: torch.device,
                  amp: torch.dtype | None) -> Path:
-    """Where x̄_1..x̄_L of these windows live: keyed by everything that changes their bits."""
-    h = hashlib.sha256(f"{model_id}|{batch_size}|{device.type}|{amp}|{torch.__version__}|".encode())
+    """Where x̄_1..x̄_L of these windows live: keyed by everything that changes their bits, the kernels' ISA
+    too (a recomputation under a switched ISA, as `records verify` runs, must not read the native stream)."""
+    isa = [torch.backends.cpu.get_cpu_capability()] + [os.environ.get(k, "") for k in ISA_VARIABLES]
+    h = hashlib.sha256(f"{model_id}|{batch_size}|{device.type}|{amp}|{torch.__version__}|{isa}|".encode())
     h.update(ids.contiguous().numpy().tobytes())
     return Path(root) / h.hexdigest()[:20]
 

@@ -16,7 +16,7 @@ PARTS = {"Orientation": ["notation", "evidence"],
          "Findings": ["_executed/01_error_reduction", "_executed/02_overfitting_tradeoff",
                       "_executed/03_self_generated_calibration"],
          "Using reconlib": ["_executed/00_quickstart", "api"],
-         "Provenance": ["provenance", "cost", "reproducibility"]}
+         "Provenance": ["provenance", "cost", "reproducibility", "audit"]}
 
 
 def toc_files():

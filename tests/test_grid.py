@@ -1,4 +1,4 @@
-"""The evidence grid (reconlib.grid), the verdict rule (findings.verdict) and the record store's checks."""
+"""The evidence grid (reconlib.grid), the findings' parts read from it, and the record store's checks."""
 import json
 import os
 import signal
@@ -10,25 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from reconlib import findings, grid, records
-
-
-@pytest.mark.parametrize("effects, word", [
-    ([1.0, 2.0, 3.0], "holds"),
-    ([-1.0, -2.0, -3.0], "does not hold"),
-    ([1.0, -0.5, 2.0], "not separable from seed noise"),      # signs disagree
-    ([0.1, 0.1, 9.0], "not separable from seed noise"),       # same sign, mean 3.07 < 2 SE (5.97)
-    ([5.0], "not separable from seed noise"),                 # one seed: no standard error
-    ([1.0, 1.0], "holds"),                                    # SE 0: any positive mean exceeds it
-])
-def test_the_verdict_rule(effects, word):
-    assert findings.verdict(effects) == word
-
-
-def test_a_finding_of_several_parts_is_the_and_of_its_parts():
-    assert findings.combine(["holds", "holds"]) == "holds"
-    assert findings.combine(["holds", "does not hold", "not separable from seed noise"]) == "does not hold"
-    assert findings.combine(["holds", "not separable from seed noise"]) == "not separable from seed noise"
+from reconlib import findings, grid, records, verify
 
 
 def synthetic(recon_errors: dict[str, list[float]], criterion="sparsegpt", **columns):
@@ -45,21 +27,41 @@ def test_error_reduction_verdict_reads_each_step_per_seed():
     df = synthetic({"lr": [10, 11, 12], "br": [5, 6, 5], "br+gp": [3, 3.5, 3.2], "br+gp+cr": [2, 2.5, 2.1]})
     v = findings.verdict_error_reduction(df)
     assert v["verdict"] == "holds" and list(v["parts"].verdict) == ["holds"] * 3
+    # the step's change per seed, in % of its start: LR → BR is -50, -45.45, -58.33
+    part = v["tests"]["sparsegpt final error, LR → BR"]
+    assert part.changes == pytest.approx([-50.0, -100 * 5 / 11, -100 * 7 / 12])
     noisy = synthetic({"lr": [10, 11, 12], "br": [5, 6, 5], "br+gp": [3, 3.5, 3.2], "br+gp+cr": [2, 3.6, 3.0]})
     v = findings.verdict_error_reduction(noisy)  # CR helps on two seeds, hurts on one
     assert v["verdict"] == "not separable from seed noise"
-    assert v["parts"].set_index("part").verdict["sparsegpt BR+GP→BR+GP+CR"] == "not separable from seed noise"
+    assert v["words"]["sparsegpt final error, BR+GP → BR+GP+CR"] == "not separable from seed noise"
 
 
-def test_overfitting_verdict_wants_calibration_down_and_test_up():
+def test_overfitting_verdict_wants_calibration_down_and_test_up_and_reads_the_regime():
     df = synthetic({"br+gp": [3.0, 3.1, 3.2], "br+gp+cr": [2.0, 2.1, 2.2]},
                    test_error_wikitext2={"br+gp": [10, 11, 12], "br+gp+cr": [11, 12, 13.5]},
-                   ppl_wikitext2={"br+gp": [30, 31, 32], "br+gp+cr": [31, 32, 33]})
-    assert findings.verdict_overfitting(df)["verdict"] == "holds"
-    better = df.assign(test_error_wikitext2=[10, 11, 12, 9, 10, 11])  # CR lowers the test error on every seed
+                   ppl_wikitext2={"br+gp": [30, 31, 32], "br+gp+cr": [31, 32, 33.2]})
+    v = findings.verdict_overfitting(df)
+    assert v["verdict"] == "holds" and v["matches"].startswith("LLaMA-7B")
+    assert list(v["regime"].ours) == ["↓", "↑", "↑"] and list(v["regime"]["OPT-125M"]) == ["↓", "↓", "↓"]
+    better = df.assign(test_error_wikitext2=[10, 11, 12, 9, 10, 11.1],  # CR lowers test error and perplexity
+                       ppl_wikitext2=[30, 31, 32, 29, 30, 30.8])
     v = findings.verdict_overfitting(better)
-    assert v["verdict"] == "does not hold"
-    assert v["parts"].set_index("part").verdict["test error wikitext2 rises"] == "does not hold"
+    assert v["verdict"] == "does not hold" and v["matches"].startswith("OPT-125M")
+    assert v["words"]["WikiText-2 test error, BR+GP → BR+GP+CR"] == "does not hold"
+    mixed = df.assign(ppl_wikitext2=[30, 31, 32, 29, 30, 30.8])  # test error up, perplexity down: neither
+    assert findings.verdict_overfitting(mixed)["matches"] == "neither"
+
+
+def test_self_generated_verdicts_compare_with_each_control():
+    rows = []
+    for variant, wt2 in {"real": [10, 11, 12], "generated": [9, 10, 11.2], "steps": [9.5, 10.4, 11.6],
+                         "more real": [8, 9, 10]}.items():
+        rows += [{"model": "m", "seed": s, "variant": variant, "self_gen": 4 * (variant == "generated"),
+                  "final_error": 1.0, "test_error_wikitext2": e} for s, e in enumerate(wt2)]
+    df = pd.DataFrame(rows)
+    assert findings.verdict_self_generated(df, "real")["verdict"] == "holds"
+    assert findings.verdict_self_generated(df, "steps")["verdict"] == "holds"
+    assert findings.verdict_self_generated(df, "more real")["verdict"] == "does not hold"  # real text beats it
 
 
 def test_the_smoke_grid_is_computed_resumed_and_verified(monkeypatch):
@@ -75,8 +77,9 @@ def test_the_smoke_grid_is_computed_resumed_and_verified(monkeypatch):
     assert victim.is_file()  # recomputed, and nothing else rewritten
     assert {f: f.stat().st_mtime_ns for f in kept} == kept
 
-    rows = records.verify(sample=2)
-    assert len(rows) == 2 and all(r["max_relative_difference"] <= records.TOLERANCE for r in rows)
+    rows = verify.verify(sample=2, profile="smoke")
+    assert len(rows) == 2 and all(r["case"] == "same kernels" and r["worst"] <= verify.SAME_KERNELS for r in rows)
+    assert all(r["flipped"] == [] for r in rows)  # read by the smoke findings, whose verdicts it left alone
     verified = {r["record"] for r in rows}
     others = [json.loads(f.read_text())["seconds"]["total"] for f in records.results_dir().glob("*.json")
               if not f.name.startswith("dense-") and f.name not in verified]
@@ -87,7 +90,7 @@ def test_the_smoke_grid_is_computed_resumed_and_verified(monkeypatch):
     record["final_error"] *= 1.01
     victim.write_text(json.dumps(record))
     with pytest.raises(ValueError, match=f"record {victim.name} was changed after it was written"):
-        records.verify(sample=0)
+        verify.verify(sample=0, profile="smoke")
 
 
 def test_verify_names_a_record_that_does_not_reproduce(monkeypatch):
@@ -97,8 +100,8 @@ def test_verify_names_a_record_that_does_not_reproduce(monkeypatch):
     record = json.loads(file.read_text())
     record["block_error"][1] *= 1.5
     file.write_text(json.dumps(records.seal({k: v for k, v in record.items() if k != "digest"})))  # a valid digest
-    with pytest.raises(ValueError, match=f"record {file.name} does not reproduce.*block_error\\[1\\]"):
-        records.verify(sample=1)
+    with pytest.raises(ValueError, match=f"record {file.name} does not reproduce \\(same kernels\\).*block_error\\[1\\]"):
+        verify.verify(sample=1, profile="smoke")
 
 
 def _stat(pid) -> list[str]:

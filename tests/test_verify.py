@@ -1,0 +1,87 @@
+"""`records verify` on another machine, simulated: the store's record is written by a subprocess whose MKL takes
+its compatible code path (as the CPU of issue #20 did), then judged here."""
+import json
+
+import pytest
+import torch
+
+from reconlib import criteria, records, verify
+from reconlib.config import profile
+
+CONFIG = profile("smoke", criterion="wanda", recon="br+gp")
+
+OTHER = {"MKL_CBWR": "COMPATIBLE"}  # another machine's kernels
+needs_switch = pytest.mark.skipif(not verify.variants(), reason="this build has no other kernels to switch to")
+
+
+def store(record: dict) -> str:
+    records.write(records.path(CONFIG), record)
+    return records.path(CONFIG).name
+
+
+def as_if_from_another_machine(record: dict) -> dict:
+    """A record computed here, labelled with the switched kernels' environment and sealed again."""
+    body = {k: v for k, v in record.items() if k != "digest"}
+    body["machine"] = {**body["machine"], "isa_variables": OTHER}
+    return records.seal(body)
+
+
+@needs_switch
+def test_a_record_from_other_kernels_passes_within_the_measured_band():
+    other = verify.recompute_under(CONFIG.to_dict(), OTHER)
+    assert other["machine"]["isa_variables"] == OTHER
+    store(other)
+    [row] = verify.verify(sample=1, profile="smoke")
+    assert row["case"] == "other kernels" and row["failures"] == [] and row["flipped"] is None
+    # the kernels really differed: bit-level agreement, the same-kernels tolerance, would have failed
+    assert row["worst"] > verify.SAME_KERNELS
+    assert row["worst"] <= row["band"]
+
+
+@needs_switch
+def test_an_edited_number_fails_even_from_other_kernels():
+    other = verify.recompute_under(CONFIG.to_dict(), OTHER)
+    body = {k: v for k, v in other.items() if k != "digest"}
+    body["test_block_error"]["ptb"][2] *= 1.02  # 2%: past the band, with a valid digest
+    name = store(records.seal(body))
+    with pytest.raises(ValueError, match=rf"record {name} does not reproduce \(other kernels\).*test_block_error\.ptb\[2\]"):
+        verify.verify(sample=1, profile="smoke")
+    store(body | {"digest": other["digest"]})  # and with its digest not renewed: the edit itself is named
+    with pytest.raises(ValueError, match=f"record {name} was changed after it was written"):
+        verify.verify(sample=1, profile="smoke")
+
+
+@needs_switch
+def test_a_changed_method_fails_from_other_kernels(monkeypatch):
+    """The stored record came from another mask rule (Wanda compared over the whole matrix instead of per
+    row): today's code, recomputed under both ISAs, agrees with itself and not with the record."""
+    select = criteria.select
+    with monkeypatch.context() as m:
+        m.setattr(criteria, "select", lambda S, ratio, n, g, per_row=False: select(S, ratio, n, g, per_row=False))
+        old = records.compute(CONFIG, progress=False, resumable=False)
+    name = store(as_if_from_another_machine(old))
+    with pytest.raises(ValueError, match=rf"record {name} does not reproduce \(other kernels\): block_error"):
+        verify.verify(sample=1, profile="smoke")
+
+
+def test_the_same_kernels_are_judged_bit_tight():
+    record = records.compute(CONFIG, progress=False)
+    assert verify.kernels(record) == verify.kernels(records.environment())
+    body = {k: v for k, v in record.items() if k != "digest"}
+    body["block_error"][0] *= 1 + 1e-7  # a rounding's worth: fine elsewhere, not on the machine that wrote it
+    name = store(records.seal(body))
+    with pytest.raises(ValueError, match=rf"record {name} does not reproduce \(same kernels\): block_error\[0\]"):
+        verify.verify(sample=1, profile="smoke")
+
+
+def test_a_record_without_a_machine_fingerprint_is_judged_as_from_other_kernels():
+    old = {"machine": {"platform": "Linux", "cpus": 2, "gpu": None}, "versions": {"torch": torch.__version__}}
+    assert verify.kernels(old) is None
+    assert verify.judge({"block_error": [1.0]}, {"block_error": [1.0 + 1e-4]}, [{"block_error": [1.0 + 1.2e-4]}]) \
+        | {"failures": []} == {"case": "other kernels", "numbers": 1, "worst": pytest.approx(1e-4, rel=1e-3),
+                              "band": pytest.approx(verify.SPREAD * 2e-5, rel=1e-3), "worst_number": "block_error[0]",
+                              "failures": []}
+    # the band is the field's: SPREAD × the switch's largest difference in it, never below FLOOR
+    moved = {"ppl": {"a": 10.0 * (1 + 2 * verify.FLOOR)}}
+    row = verify.judge({"ppl": {"a": 10.0}}, moved, [moved])  # the switch moved nothing, the record moved 2 FLOOR
+    assert row["band"] == verify.FLOOR and row["failures"]
