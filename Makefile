@@ -138,7 +138,10 @@ check-pages: $(STAMP_BOOK) $(CHROMIUM)
 lab notebook: $(STAMP_BOOK)
 	$(BIN)/jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
-# One executed notebook per point of the grid: GRID='criterion=magnitude,wanda recon=lr,br' runs 2 x 2.
+# One executed notebook per point of the grid: GRID='model=tiny-llama,smollm2-135m' runs one finding per model
+# (GRID='criterion=magnitude,wanda recon=lr,br' runs the quickstart 2 x 2). Records go to results/, never into
+# the book's committed store.
+sweep: export RECONLIB_RESULTS := $(abspath results)
 sweep: $(STAMP_BOOK)
 	@test -n "$(NB)" && test -n "$(GRID)" || { echo "usage: make sweep NB=01_error_reduction GRID='criterion=magnitude,wanda,sparsegpt'" >&2; exit 2; }
 	@test -f notebooks/$(NB).ipynb || { echo "no notebook notebooks/$(NB).ipynb" >&2; exit 2; }

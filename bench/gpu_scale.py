@@ -4,7 +4,7 @@ weights (no Hub needed), against the paper's Table 6 (LLaMA-7B, batch 8: 3.9 / 5
 
     python bench/gpu_scale.py                                   # 7B shape, 128 × 2048 tokens, 4 blocks, 1 epoch
     python bench/gpu_scale.py --n 256 --seq-len 1024 --epochs 10 --blocks 2
-    python bench/gpu_scale.py --shape tiny --device cpu         # the CPU check of this script
+    python bench/gpu_scale.py --shape tiny --device cpu --dtype bfloat16   # the CPU check of this script's path
 
 Every block of a decoder has the same shape, so a stack of --blocks blocks gives the per-block cost of the
 whole model (CR's units are two blocks: its per-block figure is per unit of the schedule, L+1 of them for
@@ -64,6 +64,8 @@ def main():
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--schemes", default="lr,br,br+gp,br+gp+cr")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float16", "float32"),
+                   help="autocast dtype of the blocks (auto: bf16 on a GPU, none on a CPU)")
     args = p.parse_args()
     if args.shape == "tiny":
         args.n, args.seq_len = min(args.n, 16), min(args.seq_len, 64)
@@ -74,14 +76,14 @@ def main():
     block_params = sum(p.numel() for p in arch.blocks(model_of("tiny" if args.shape == "tiny" else args.shape, 1))[0]
                        .parameters())
     print(f"{args.shape}, {args.blocks} blocks of {block_params / 1e6:.0f}M parameters, {args.n} × {args.seq_len} "
-          f"tokens, batch {args.batch_size}, {args.epochs} epoch(s); bf16 matmul peak {peak:.0f} TFLOP/s "
+          f"tokens, batch {args.batch_size}, {args.epochs} epoch(s), autocast {args.dtype}; bf16 matmul peak {peak:.0f} TFLOP/s "
           f"({torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'})")
     print(f"{'scheme':>9} {'s/block':>8} {'peak GB':>8} {'paper GB':>8} {'BR step TFLOP/s':>16} {'of peak':>8}")
     for scheme in args.schemes.split(","):
         model = model_of(args.shape, args.blocks)
         config = RunConfig(model=args.shape, criterion="sparsegpt", recon=scheme, n_calib=args.n,
                            seq_len=args.seq_len, batch_size=args.batch_size, epochs=args.epochs,
-                           device=str(device), ppl=(), test_error=())
+                           device=str(device), dtype=args.dtype, ppl=(), test_error=())
         steps, real_train = [], reconstruct.train
 
         def timed_train(*a, **k):  # the Adam part alone, to set against the matmul peak

@@ -1,4 +1,4 @@
 """reconlib: post-training pruning of LLMs by reconstruction-error minimization (Shin et al., EMNLP 2024)."""
-from .config import RunConfig, from_namespace, profile
+from .config import RunConfig, profile
 
-__all__ = ["RunConfig", "from_namespace", "profile"]
+__all__ = ["RunConfig", "profile"]

@@ -35,7 +35,8 @@ class RunConfig:
     zeroshot: tuple = ()                # zero-shot tasks evaluated after pruning
     zeroshot_limit: int = 0             # 0 = all items
     device: str = "auto"                # auto = cuda when available
-    dtype: str = "auto"                 # autocast dtype on a GPU: auto = bfloat16; fp32 on CPU
+    dtype: str = "auto"                 # autocast dtype of the blocks: auto = bfloat16 on a GPU, float32 (none) on
+                                        # a CPU; bfloat16 / float16 on either; float16 trains with loss scaling
     sequential: bool = False            # prune a block's linears in forward order, one forward of all windows
 
     def __post_init__(self):
@@ -194,21 +195,3 @@ def profile(name: str, **overrides) -> RunConfig:
 
 def field_names() -> list[str]:
     return [f.name for f in fields(RunConfig)]
-
-
-
-def from_namespace(namespace: dict) -> RunConfig:
-    """A notebook's parameters (papermill injects them as globals) → the profile's config with them on top.
-
-    Called first thing after the parameters cell, so every literal global is a parameter: a name that is
-    neither `profile` nor a RunConfig field is refused instead of silently ignored.
-    """
-    literal = (str, int, float, bool, tuple, list, type(None))
-    params = {k: v for k, v in namespace.items()
-              if not k.startswith("_") and k not in ("In", "Out") and isinstance(v, literal)}
-    name = params.pop("profile", "cpu")
-    unknown = sorted(set(params) - set(field_names()))
-    if unknown:
-        raise ValueError(f"unknown notebook parameter(s) {unknown}: use profile or RunConfig fields "
-                         f"({', '.join(field_names())})")
-    return profile(name, **params)

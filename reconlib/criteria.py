@@ -95,7 +95,10 @@ class Stats:
                 self.XtX[name] = self.XtX[first]
             return
         self._fed[ident] = name
-        X = x.reshape(-1, x.shape[-1]).float()  # (B·T, d_in)
+        with torch.autocast(x.device.type, enabled=False):  # the sums stay fp32 inside a bf16/fp16 forward
+            self._accumulate(name, x.reshape(-1, x.shape[-1]).float())  # (B·T, d_in)
+
+    def _accumulate(self, name: str, X: torch.Tensor) -> None:
         if name not in self.col_sq:
             self.col_sq[name], self.n[name] = torch.zeros(X.shape[1], device=X.device), 0
             if self.hessian:

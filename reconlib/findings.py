@@ -114,8 +114,13 @@ def computing() -> bool:
 def table(configs: list[RunConfig], profile: str, progress: bool = True) -> pd.DataFrame:
     """One row per config: its record's headline numbers (computing the runs that are missing, unless not
     `computing()`: then a missing run has no row)."""
+    return pd.DataFrame([row(r, SUBSET[profile.split('+')[0]]) for r in read(configs, progress)])
+
+
+def read(configs: list[RunConfig], progress: bool = True) -> list[dict]:
+    """The records of `configs`: computed where missing, unless not `computing()`: then only those stored."""
     found = [records.run(c, progress=progress) if computing() else records.stored(c) for c in configs]
-    return pd.DataFrame([row(r, SUBSET[profile]) for r in found if r is not None])
+    return [r for r in found if r is not None]
 
 
 # the pages' column heads: short, so that a table of six metrics fits the page
@@ -145,7 +150,7 @@ def changes(df: pd.DataFrame, key: str, before, after, metric: str, relative: bo
 def error_reduction(profile: str, model: str, progress: bool = True) -> pd.DataFrame:
     df = table(grid.error_reduction_cells(profile, model), profile, progress)
     lr = df[df.recon == "lr"].set_index(["criterion", "seed"]).final_error
-    df["reduction_vs_lr_%"] = [100 * (1 - e / lr[(c, s)]) for c, s, e in zip(df.criterion, df.seed, df.final_error)]
+    df["reduction_vs_lr_%"] = [100 * (1 - e / lr.get((c, s), math.nan)) for c, s, e in zip(df.criterion, df.seed, df.final_error)]
     return df
 
 
@@ -267,11 +272,11 @@ def dense(profile: str, model: str, full: bool = False) -> dict:
 def curves(profile: str, model: str, data: str = "calibration") -> pd.DataFrame:
     """Per-block errors in long form (model, seed, criterion, recon, block, error): the compounding."""
     out = []
-    for c in grid.error_reduction_cells(profile, model):
-        r = records.run(c)
+    for r in read(grid.error_reduction_cells(profile, model)):
+        c = r["config"]
         errors = r["block_error"] if data == "calibration" else r["test_block_error"][data]
-        out += [{"model": model, "seed": c.seed, "criterion": c.criterion, "recon": c.recon, "block": i, "error": e}
-                for i, e in enumerate(errors)]
+        out += [{"model": model, "seed": c["seed"], "criterion": c["criterion"], "recon": c["recon"], "block": i,
+                 "error": e} for i, e in enumerate(errors)]
     return pd.DataFrame(out)
 
 

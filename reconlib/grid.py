@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from .config import CRITERIA, SCHEMES, RunConfig, profile as base_profile
+from .config import CRITERIA, SCHEMES, RunConfig, from_dict, profile as base_profile
 from .zeroshot import TASKS
 
 
@@ -41,6 +41,7 @@ GRIDS = {
     "paper": Grid(models={"facebook/opt-125m": (0,)}, epochs=(5, 10), n_calib=(128, 256), self_gen=(0, 256),
                   zeroshot_limit=0, full_eval=True),
 }
+GRIDS_OF_THE_BOOK = frozenset(GRIDS)
 ZEROSHOT_ROWS = {(c, s) for c in ("sparsegpt", "wanda") for s in ("lr", "br+gp", "br+gp+cr")}
 INTRO_ROWS = {("sparsegpt", "lr"), ("sparsegpt", "br+gp+cr")}  # full test sets, first model and seed
 
@@ -49,6 +50,77 @@ def grid(profile: str) -> Grid:
     if profile not in GRIDS:
         raise ValueError(f"unknown profile {profile!r}: use one of {', '.join(GRIDS)}")
     return GRIDS[profile]
+
+
+def derive(profile: str, fixed: tuple = (), model: str | None = None, models=None, seeds=None, **fields) -> str:
+    """A reader's setting: the profile's grid with their models, seeds and RunConfig fields on top, registered
+    under a name of its own (returned), so every function here serves it as it serves the book's. `fixed`: the
+    fields the caller compares itself (finding 1's criterion and recon, say), which a reader cannot set.
+    Without a model, seed or field, the profile itself: the book's pages stay as they are."""
+    from .config import PROFILES, field_names
+    from .models import check
+
+    accepted = ["models", "seeds"] + [f for f in field_names() if f not in fixed]
+    refused = sorted(set(fields) - set(accepted))
+    if refused:
+        raise ValueError(f"this notebook cannot honour {refused}: it compares {', '.join(fixed) or 'nothing'} itself. "
+                         f"It accepts profile, {', '.join(accepted)}")
+    if "seed" in fields:
+        seeds = (fields.pop("seed"),)
+    g = grid(profile)
+    chosen = [check(m) for m in ([model] if model else list(models) if models else list(g.models))]
+    if not (model or models or seeds is not None or fields):
+        return profile
+    from_dict({**PROFILES[profile], **fields, "model": chosen[0]})  # every field checked once, here
+    seeds = tuple(seeds) if seeds is not None else None
+    name = profile + "+" + ",".join(f"{k}={v}" for k, v in sorted(
+        {**fields, "models": "+".join(chosen), "seeds": seeds}.items()) if v is not None)
+    values = {f: tuple(sorted(set(getattr(g, f)) | {fields[f]})) if f in fields else getattr(g, f)
+              for f in ("epochs", "n_calib")}  # the reader's own value is a point of its sweep
+    PROFILES[name] = {**PROFILES[profile], **fields, "model": chosen[0]}
+    GRIDS[name] = replace(g, models={m: seeds or g.models.get(m, next(iter(g.models.values()))) for m in chosen},
+                          lr={m: v for m, v in g.lr.items() if m in chosen and "lr" not in fields},
+                          fewer={m: v for m, v in g.fewer.items() if m in chosen and seeds is None}, **values)
+    return name
+
+
+def setup(namespace: dict, fixed: tuple = (), single: bool = False) -> str:
+    """A notebook's parameters (papermill injects them as globals) → the profile it reads (`derive`), after
+    saying what the runs it will compute cost. Called right after the parameters cell, so every literal global
+    is a parameter: a name that is neither profile, models, seeds nor a RunConfig field is refused, and so is a
+    field the notebook compares itself, instead of being ignored."""
+    from .config import field_names
+
+    literal = (str, int, float, bool, tuple, list, type(None))
+    params = {k: v for k, v in namespace.items()
+              if not k.startswith("_") and k not in ("In", "Out") and isinstance(v, literal)}
+    name = params.pop("profile", "cpu")
+    unknown = sorted(set(params) - set(field_names()) - {"models", "seeds"})
+    if unknown:
+        raise ValueError(f"unknown notebook parameter(s) {unknown}: use profile, models, seeds or RunConfig fields "
+                         f"({', '.join(field_names())})")
+    name = derive(name, fixed, **params)
+    from . import records
+
+    # single: the notebook reads one run (the quickstart), else every run of the setting's grid
+    todo = [c for c in [cell(name, seed=seeds(name, base(name).model)[0])] if not records.path(c).is_file()] \
+        if single else [c for _, c in missing(name)]
+    if todo and name not in GRIDS_OF_THE_BOOK:
+        print(f"{len(todo)} run(s) of this setting are missing from {records.results_dir()}: about "
+              f"{sum(cost(c) for c in todo) * _seconds_per_cost() / 3600:.1f} CPU-hours at the rate of the records "
+              "there (one thread), computed here one by one.")
+    return name
+
+
+def _seconds_per_cost() -> float:
+    """Seconds of one-thread run time per unit of `cost`, the median over the records at hand (else the book's)."""
+    from . import records
+
+    done = [r for r in records.all_records() if r.get("config")]
+    if not done:
+        return 60.0  # about SmolLM2's at the cpu profile
+    rates = sorted(r["seconds"]["total"] / cost(from_dict(r["config"])) for r in done)
+    return rates[len(rates) // 2]
 
 
 def base(profile: str, model: str | None = None, **overrides) -> RunConfig:
@@ -103,25 +175,22 @@ def error_reduction_cells(profile: str, model: str) -> list[RunConfig]:
 
 def sweep_cells(profile: str, model: str, field: str) -> list[RunConfig]:
     """Finding 2's epochs and n_calib sweeps, finding 3's self_gen (SparseGPT, BR+GP+CR): every value on the
-    first seed; the values a verdict reads (the profile's own and the largest self_gen) on every seed."""
+    first seed; the profile's own on every seed (a verdict reads it; finding 3's on every seed: self_gen_cells)."""
     values = getattr(grid(profile), field)
     own = getattr(base(profile, model), field)
-    read = {own, max(values)} if field == "self_gen" else {own}
+    read = {own}
     return [cell(profile, model, s, criterion="sparsegpt", recon="br+gp+cr", **{field: v})
             for v in values for s in seeds(profile, model) if v in read or s == seeds(profile, model)[0]]
 
 
 def self_gen_cells(profile: str, model: str) -> dict[str, list[RunConfig]]:
-    """Finding 3 and its two controls on every seed, SparseGPT BR+GP+CR. Adding k generated windows to n real
-    ones changes two things besides the text: (n + k)/n times the Adam steps, and k more windows. So:
-    "real" (no generated text), "generated" (+k), "steps" (no generated text, epochs × (n + k)/n: the same
-    steps), "more real" (+k real windows, for reconstruction only as generated ones are: the same masks)."""
-    own, k = base(profile, model), max(grid(profile).self_gen)
-    steps = own.epochs * (own.n_calib + k) / own.n_calib
-    if steps != int(steps):
-        raise ValueError(f"profile {profile!r}: the steps control needs epochs × (n_calib + self_gen) / n_calib "
-                         f"to be whole, got {steps}")
-    variants = {"real": {}, "generated": dict(self_gen=k), "steps": dict(epochs=int(steps)),
+    """Finding 3 and its two controls on every seed, SparseGPT BR+GP+CR. Adding k = n generated windows to n
+    real ones changes two things besides the text: twice the Adam steps, and n more windows. So: "real" (no
+    generated text), "generated" (+n), "steps" (no generated text, twice the epochs: the same steps), "more
+    real" (+n real windows, for reconstruction only as generated ones are: the same masks)."""
+    own = base(profile, model)
+    k = own.n_calib  # as many generated windows as real ones: twice the steps, a whole number of epochs
+    variants = {"real": {}, "generated": dict(self_gen=k), "steps": dict(epochs=2 * own.epochs),
                 "more real": dict(extra_real=k)}
     return {name: [cell(profile, model, s, criterion="sparsegpt", recon="br+gp+cr", **v)
                    for s in seeds(profile, model)] for name, v in variants.items()}

@@ -88,23 +88,32 @@ def _gguf_cache(gguf: Path, label: str) -> Path:
     return out
 
 
-def resolve(name_or_path: str) -> str:
-    """Where `load_model` will read from: a local folder, or a Hub id."""
-    if name_or_path in EMBEDDED:
-        return str(_gguf_cache(_embedded_gguf(name_or_path), name_or_path))
+def check(name_or_path: str) -> str:
+    """The name, when `load_model` can read it (nothing is loaded); else a ValueError that names the choices."""
     path = Path(name_or_path).expanduser()
+    if name_or_path in EMBEDDED or (name_or_path.startswith("tiny-") and name_or_path.removeprefix("tiny-") in TINY):
+        return name_or_path
     if path.suffix == ".gguf":
         if not path.is_file():
             raise FileNotFoundError(f"GGUF file {path} does not exist")
-        return str(_gguf_cache(path, path.stem))
-    if path.is_dir():
-        return str(path)
-    if name_or_path.count("/") == 1 and not path.exists():
-        return name_or_path  # a Hub id
+        return name_or_path
+    if path.is_dir() or (name_or_path.count("/") == 1 and not path.exists()):  # a folder, or a Hub id
+        return name_or_path
     raise ValueError(
         f"unknown model {name_or_path!r}: use one of {sorted(EMBEDDED)} (or tiny-llama, tiny-opt, tiny-gemma3), a Hub id such as 'facebook/opt-125m', "
         "a local model folder, or a .gguf file"
     )
+
+
+def resolve(name_or_path: str) -> str:
+    """Where `load_model` will read from: a local folder, or a Hub id."""
+    check(name_or_path)
+    if name_or_path in EMBEDDED:
+        return str(_gguf_cache(_embedded_gguf(name_or_path), name_or_path))
+    path = Path(name_or_path).expanduser()
+    if path.suffix == ".gguf":
+        return str(_gguf_cache(path, path.stem))
+    return str(path) if path.is_dir() else name_or_path
 
 
 def load_model(name_or_path: str = DEFAULT_MODEL, device: str = "cpu", dtype: torch.dtype = torch.float32):

@@ -57,13 +57,19 @@ def schedule(scheme: str, L: int) -> list[tuple[int, ...]]:
     return [(0,)] + [(t, t + 1) for t in range(L - 1)] + [(L - 1,)]
 
 
+AUTOCAST = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": None}
+
+
 def device_of(config: RunConfig) -> tuple[torch.device, torch.dtype | None]:
+    """The device, and the autocast dtype of the blocks' forward and backward (None: plain fp32). `auto` is bf16
+    on a GPU and fp32 on a CPU, where bf16 matmuls are ~100× slower without AMX; an explicit dtype is honoured on
+    either. The blocks' parameters, Adam's state and the streams stay fp32 whatever the dtype."""
     name = config.device
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
-    amp = None if device.type == "cpu" else getattr(torch, "bfloat16" if config.dtype == "auto" else config.dtype)
-    return device, amp
+    dtype = ("bfloat16" if device.type == "cuda" else "float32") if config.dtype == "auto" else config.dtype
+    return device, AUTOCAST[dtype]
 
 
 def choose_masks(block, x_in: torch.Tensor, kwargs: dict, config: RunConfig, device,
@@ -120,6 +126,9 @@ def train(unit_blocks, masks: list[dict], x_sparse, target, kwargs: list[dict], 
     Masking the gradient is the same as differentiating through m ⊙ w; Adam then never moves a pruned
     entry (zero gradient, zero moments, zero step), so pruned weights stay exactly zero. method.md §3:
     lr decays linearly to 0, betas (0.9, 0.95), no weight decay, no clipping, reshuffle every epoch.
+    Under fp16 autocast the loss is scaled (GradScaler, fp32 master weights): the gradient of a mean squared
+    error over ~10⁵ elements is small enough to flush to zero in fp16, and a step on zero gradients would
+    "succeed" without moving anything. bf16 has fp32's range and needs no scaling.
     """
     params = [p for b in unit_blocks for p in b.parameters()]
     for p in params:
@@ -135,19 +144,21 @@ def train(unit_blocks, masks: list[dict], x_sparse, target, kwargs: list[dict], 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1 - step / total)
     gen = torch.Generator().manual_seed(seed)
     kwargs = [arch.to(kw, device) for kw in kwargs]
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     try:
         for _ in range(config.train_epochs):
             perm, epoch_loss = torch.randperm(n, generator=gen), 0.0
             for start in range(0, n, bs):
                 idx = perm[start:start + bs]
                 h, y_dense = x_sparse[idx].to(device), target[idx].to(device)
-                with torch.autocast("cuda", dtype=amp) if amp else torch.enable_grad():
+                with autocast(device, amp):
                     for block, kw in zip(unit_blocks, kwargs):
                         h = arch.run_block(block, h, kw)
                 loss = F.mse_loss(h.float(), y_dense)
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                scaler.scale(loss).backward()
+                scaler.step(opt)  # unscales first; skips the step (and lowers the scale) on an inf or nan
+                scaler.update()
                 sched.step()
                 epoch_loss += loss.item() * len(idx)
     finally:

@@ -26,10 +26,8 @@ ISA_VARIABLES = ("ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS", "DNNL_MAX_CPU
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
-    """bf16/fp16 autocast on a GPU; plain fp32 on the CPU, where bf16 matmuls run ~100× slower."""
-    if device.type == "cuda" and dtype not in (None, torch.float32):
-        return torch.autocast("cuda", dtype=dtype)
-    return contextlib.nullcontext()
+    """bf16/fp16 autocast on whatever device the run is (reconstruct.device_of chooses); None: plain fp32."""
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
 @contextlib.contextmanager

@@ -1,4 +1,4 @@
-"""Every notebook runs in the smoke profile; notebooks stay thin; parameters are RunConfig fields."""
+"""Every notebook runs in the smoke profile; notebooks stay thin; every parameter is honoured or refused."""
 import ast
 import json
 from pathlib import Path
@@ -27,7 +27,7 @@ def test_notebook_is_thin_and_parameterized(nb_path):
     params = [c for c in cells if "parameters" in c["metadata"].get("tags", [])]
     assert len(params) == 1 and cells[0] is params[0], "the first code cell is the one tagged parameters"
     names = {t.id for node in ast.parse("".join(params[0]["source"])).body for t in node.targets}
-    assert "profile" in names and names <= set(field_names()) | {"profile"}
+    assert "profile" in names and names <= set(field_names()) | {"profile", "models", "seeds"}
     assert len(cells) <= 12
     lengths = sorted(len("".join(c["source"]).splitlines()) for c in cells)
     assert lengths[len(lengths) // 2] <= 7
@@ -56,4 +56,65 @@ def test_unknown_parameter_is_refused(tmp_path):
     with pytest.raises(pm.PapermillExecutionError, match="unknown notebook parameter"):
         pm.execute_notebook(str(NOTEBOOKS[1]), str(tmp_path / "out.ipynb"),
                             parameters={"profile": "smoke", "sparsty": 0.5}, cwd=str(tmp_path),
+                            kernel_name="python3", progress_bar=False)
+
+
+# a valid value other than the smoke profile's for every RunConfig field
+INJECT = {"model": "tiny-opt", "criterion": "wanda", "sparsity": "2:4", "recon": "br", "calib": "wikitext2", "n_calib": 6,
+          "seq_len": 16, "self_gen": 2, "extra_real": 2, "epochs": 3, "lr": 5e-4, "batch_size": 1, "seed": 3,
+          "ppl": ("wikitext2",), "test_error": ("ptb",), "n_test": 1, "max_eval_windows": 1, "zeroshot": ("rte",),
+          "zeroshot_limit": 3, "device": "cpu", "dtype": "float32", "sequential": True}
+
+
+def test_every_field_has_an_injected_value():
+    assert set(INJECT) == set(field_names())
+
+
+def read_configs(nb_path, **params) -> list:
+    """Run the notebook's parameters and set-up cells with `params` injected → the configs it would read."""
+    from reconlib import grid
+
+    cells = code_cells(nb_path)
+    setup = next(c for c in cells if "grid.setup(" in "".join(c["source"]))
+    namespace = {}
+    exec("".join(cells[0]["source"]), namespace)
+    namespace.update(profile="smoke", **params)
+    exec("".join(setup["source"]), namespace)
+    return [namespace["config"]] if "config" in namespace else grid.runs(namespace["profile"])
+
+
+@pytest.mark.parametrize("nb_path", NOTEBOOKS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("field", sorted(INJECT))
+def test_an_injected_field_changes_what_the_notebook_reads_or_is_refused(nb_path, field):
+    value = INJECT[field]
+    try:
+        configs = read_configs(nb_path, **{field: value})
+    except ValueError as e:
+        assert f"'{field}'" in str(e) and "accepts" in str(e)  # refused, by name, with what it accepts
+        return
+    assert any(getattr(c, field) == value for c in configs), f"{field}={value!r} did not reach the configs"
+    assert [c.key() for c in configs] != [c.key() for c in read_configs(nb_path)]
+
+
+def test_models_and_seeds_choose_the_grid():
+    configs = read_configs(NOTEBOOKS[1], models=["tiny-opt", "tiny-gemma3"], seeds=[4])
+    assert {c.model for c in configs} == {"tiny-opt", "tiny-gemma3"} and {c.seed for c in configs} == {4}
+
+
+def test_a_finding_runs_on_another_model(tmp_path):
+    import papermill as pm
+
+    out = tmp_path / "out.ipynb"
+    pm.execute_notebook(str(NOTEBOOKS[1]), str(out), parameters={"profile": "smoke", "model": "tiny-opt", "seeds": [0]},
+                        cwd=str(tmp_path), kernel_name="python3", progress_bar=False)
+    text = out.read_text()
+    assert "tiny-opt" in text and "tiny-llama" not in text.split("# Parameters")[-1]
+
+
+def test_an_unknown_model_is_refused_by_name(tmp_path):
+    import papermill as pm
+
+    with pytest.raises(pm.PapermillExecutionError, match="unknown model 'no-such-model': use one of"):
+        pm.execute_notebook(str(NOTEBOOKS[1]), str(tmp_path / "out.ipynb"),
+                            parameters={"profile": "smoke", "model": "no-such-model"}, cwd=str(tmp_path),
                             kernel_name="python3", progress_bar=False)
