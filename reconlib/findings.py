@@ -156,8 +156,9 @@ def error_reduction(profile: str, model: str, progress: bool = True) -> pd.DataF
 
 def paper_errors() -> pd.DataFrame:
     """The paper's final errors: a row per criterion, a column per (model, scheme) in the schemes' order."""
-    return pd.DataFrame({(m, LABELS[s]): [paper.lookup(m, c, s, "final_error") for c in CRITERIA]
-                         for m in PAPER_MODELS for s in SCHEMES}, index=pd.Index(CRITERIA, name="criterion"))
+    df = pd.DataFrame({(m, LABELS[s]): [paper.lookup(m, c, s, "final_error") for c in CRITERIA]
+                       for m in PAPER_MODELS for s in SCHEMES}, index=pd.Index(CRITERIA, name="criterion"))
+    return df.astype(object).where(df.notna(), "—")  # a cell the paper does not report
 
 
 def verdict_error_reduction(df: pd.DataFrame) -> dict:

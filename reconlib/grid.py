@@ -7,9 +7,11 @@ once and recorded at once (records.run); a killed grid resumes at the next unrec
 """
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from .config import CRITERIA, SCHEMES, RunConfig, from_dict, profile as base_profile
 from .zeroshot import TASKS
@@ -107,20 +109,26 @@ def setup(namespace: dict, fixed: tuple = (), single: bool = False) -> str:
         if single else [c for _, c in missing(name)]
     if todo and name not in GRIDS_OF_THE_BOOK:
         print(f"{len(todo)} run(s) of this setting are missing from {records.results_dir()}: about "
-              f"{sum(cost(c) for c in todo) * _seconds_per_cost() / 3600:.1f} CPU-hours at the rate of the records "
-              "there (one thread), computed here one by one.")
+              f"{hours(todo):.1f} CPU-hours at the rate of the records there (one thread), computed here one by one.")
     return name
 
 
-def _seconds_per_cost() -> float:
-    """Seconds of one-thread run time per unit of `cost`, the median over the records at hand (else the book's)."""
+def hours(todo: list[RunConfig]) -> float:
+    """About how many CPU-hours (one thread) `todo` takes: each run's `cost` at its model's rate, the median
+    seconds per unit of cost over the records at hand (the book's committed store where there are none), or the
+    median over all of them for a model they do not hold."""
     from . import records
 
     done = [r for r in records.all_records() if r.get("config")]
-    if not done:
-        return 60.0  # about SmolLM2's at the cpu profile
-    rates = sorted(r["seconds"]["total"] / cost(from_dict(r["config"])) for r in done)
-    return rates[len(rates) // 2]
+    if not done:  # a reader's empty results folder: the rates of the book's store, where it is
+        book = Path(__file__).resolve().parents[1] / "book" / "records"
+        done = [json.loads(f.read_text()) for f in sorted(book.glob("*.json")) if not f.name.startswith("dense-")]
+    rates = {}
+    for r in done:
+        rates.setdefault(r["config"]["model"], []).append(r["seconds"]["total"] / cost(from_dict(r["config"])))
+    median = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
+    overall = median([x for xs in rates.values() for x in xs]) if rates else 300.0  # SmolLM2's, where none
+    return sum(cost(c) * (median(rates[c.model]) if c.model in rates else overall) for c in todo) / 3600
 
 
 def base(profile: str, model: str | None = None, **overrides) -> RunConfig:

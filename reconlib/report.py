@@ -143,12 +143,13 @@ def verify_markdown(rows: list[dict]) -> str:
     return (f"Recomputed on {cpu(here)} ({here['blas'].split(' Version')[0]}, torch "
             f"{records.environment()['versions']['torch']}, {here['threads']} threads) while the book was built: "
             f"{len(rows)} record(s), and every record's digest checked. *same kernels*: the record names this CPU, "
-            f"ISA, BLAS and versions, so every number must agree to a relative {verify.SAME_KERNELS:g}. *bit-equal*: "
-            f"the record names other kernels or none, and every number agrees all the same. *other kernels*: each "
+            f"ISA, BLAS and versions, so every number must agree to a relative {verify.SAME_KERNELS:g}. *same numbers*: "
+            f"the record names other kernels or none, and every number agrees to that tolerance all the same. *other kernels*: each "
             f"field's band is {verify.SPREAD:g} × the largest relative difference that recomputing under "
             f"{', '.join(map(str, verify.variants()))} makes in it here, at least {verify.FLOOR:g}. "
-            f"{len(flips)} of the records are read by a finding, and no verdict changed sign with the recomputed "
-            f"one.\n\n" + table.to_markdown(index=False) + "\n")
+            + (f"{len(flips)} of them were checked against the findings' verdicts, and none changed sign with the "
+               "recomputed record." if flips else "None was checked against the findings' verdicts: that needs the "
+               "record's model to have every run of the grid in the store.") + "\n\n" + table.to_markdown(index=False) + "\n")
 
 
 def audit_markdown(rows: list[dict]) -> str:
@@ -166,6 +167,6 @@ def audit_markdown(rows: list[dict]) -> str:
             "differ by code rather than by the step it reads, `python -m reconlib records audit` (`make audit`) "
             "recomputed the cheapest record of each version with today's code on "
             f"{here['cpu_model']} ({here['cpu_capability']}), judged by the rule of {{doc}}`reproducibility`. "
-            "*bit-equal* and *same kernels* mean today's code gives the stored numbers to the last bit; "
+            "*same numbers* and *same kernels* mean today's code gives the stored numbers (to a relative 1e-9); "
             "*other kernels* that they differ and how far. Generated, and committed because it takes tens of "
             f"minutes; written {time.strftime('%Y-%m-%d')}.\n\n" + table.to_markdown(index=False) + "\n")

@@ -5,7 +5,8 @@ A recomputed record falls in one of three cases, and the report names which:
 1. **edited**: its digest no longer matches its content. Fails.
 2. **same kernels**: recomputed on a machine whose CPU, vector ISA, BLAS, oneDNN and library versions are the
    record's: every number must agree to SAME_KERNELS (measured: such a machine reproduces a record bit for
-   bit). A record older than its machine fingerprint whose every number agrees bit for bit is **bit-equal**.
+   bit). A record of other kernels (or older than its machine fingerprint) that agrees all the same is
+   **same numbers**.
 3. **other kernels**: any other difference is judged against a band measured here, on this very run. The
    record is computed again in subprocesses whose matrix kernels take other code paths (VARIANTS), and the
    band of each field is SPREAD times the largest relative difference a variant makes in it, at least FLOOR.
@@ -135,7 +136,7 @@ def check(file: Path, stored: dict, profile: str, progress: bool = False) -> dic
         envs = variants()
         row = judge(stored, fresh, [recompute_under(stored["config"], env) for env in envs])
     elif kernels(stored) != kernels(here):  # other or unnamed kernels, and yet every bit agrees: no band needed
-        row["case"] = "bit-equal"
+        row["case"] = "same numbers"
     row |= {"record": file.name, "config": stored["config"], "seconds": time.perf_counter() - started,
             "stored_final_error": stored.get("final_error"), "final_error": fresh.get("final_error"),
             "stored_seconds": stored["seconds"]["total"],

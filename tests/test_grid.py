@@ -195,3 +195,16 @@ def test_a_models_own_lr_reaches_its_adam_runs_and_leaves_lr_runs_keys_alone():
     runs = [c for c in grid.runs("cpu") if c.model == gemma]
     assert {c.lr for c in runs if c.recon != "lr"} == {grid.lr("cpu", gemma)}
     assert {c.lr for c in runs if c.recon == "lr"} == {profile_lr}  # LR trains nothing: its stored keys stay
+
+
+def test_the_book_reads_the_store_as_it_is_and_computes_nothing(monkeypatch):
+    """RECONLIB_COMPUTE=0 (make book): a run missing from the store is left out, never computed."""
+    configs = grid.error_reduction_cells("smoke", "tiny-llama")[:2]
+    records.run(configs[0], progress=False)
+    monkeypatch.setenv("RECONLIB_COMPUTE", "0")
+    monkeypatch.setattr(records, "compute", lambda *a, **k: pytest.fail("a missing run was computed"))
+    df = findings.table(configs, "smoke")
+    assert list(df.seed) == [configs[0].seed] and list(df.recon) == [configs[0].recon]
+    monkeypatch.delenv("RECONLIB_COMPUTE")
+    with pytest.raises(pytest.fail.Exception, match="a missing run was computed"):
+        findings.table(configs, "smoke")
