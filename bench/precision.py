@@ -7,8 +7,8 @@ as ratios to fp32 measured in the same run.
 One block, SparseGPT masks on its sparse-stream inputs (fp32, shared by all three), then Adam towards the dense
 block's output under each autocast dtype from the same starting weights. Reports the block's error after
 training (method.md §4, on the calibration windows, computed in fp32) and the wall time of the Adam part. Whether
-bf16 pays here depends on the CPU: with AMX (amx_bf16 in /proc/cpuinfo) a bf16 matmul ran 2.6× fp32 on a machine
-of this kind; without, oneDNN emulates it and it runs slower than fp32.
+bf16 pays depends on the CPU: with bf16 units (amx_bf16 or avx512_bf16 in /proc/cpuinfo) oneDNN runs bf16
+matmuls natively (AMX ran them 2.6× fp32 on a machine of this kind); without, it emulates them, far slower.
 """
 from __future__ import annotations
 
@@ -53,7 +53,8 @@ def main():
         layer.weight.data, masks[name], _ = sparsegpt.solve(layer.weight.data, stats.H(name), 0.5, 0, 0)
     machine = records.machine()
     print(f"{args.model} block {args.block}, {args.n} × {args.seq_len} tokens, {args.epochs} epochs, batch 2, "
-          f"{args.threads} threads; {machine['cpu_model']}, {machine['cpu_capability']}, AMX: {machine['amx']}")
+          f"{args.threads} threads; {machine['cpu_model']}, {machine['cpu_capability']}, native bf16: "
+          f"{', '.join(machine['bf16_units']) or 'none'}")
     print(f"{'autocast':>9} {'seconds':>8} {'× fp32':>7} {'error after':>12} {'× fp32':>7}")
     base = None
     for dtype in ("float32", "bfloat16", "float16"):

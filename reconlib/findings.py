@@ -73,10 +73,11 @@ def deciding(v: dict) -> str:
     """The part that decides a verdict, with its numbers: the weakest part of one that holds, the part against
     it of one that does not, and the part furthest from significance otherwise."""
     parts = list(v["tests"].values())
-    if v["verdict"] == stats.FAILS:
+    if v["verdict"] == stats.FAILS:  # its p is the one-sided test against the paper, before Holm's correction
         part = min(parts, key=lambda p: p.test.p_opposite)
-    else:
-        part = max(parts, key=lambda p: (math.isnan(p.test.p), p.test.p))
+        return (f"{part.name}: {fmt_change(part)}, p against = {fmt_p(part.test.p_opposite)} ≤ "
+                f"{stats.ALPHA / len(parts):.2g} (Holm)")
+    part = max(parts, key=lambda p: (math.isnan(p.test.p), p.test.p))
     return f"{part.name}: {fmt_change(part)}, p = {fmt_p(part.test.p)}"
 
 

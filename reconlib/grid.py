@@ -219,13 +219,23 @@ def dense_runs(profile: str) -> list[RunConfig]:
     return [dense_cell(profile, m, full) for m in grid(profile).models for full in (False, True)]
 
 
+WHOLE_SET = 300_000   # tokens of a whole WikiText-2 or PTB test set, about
+ZEROSHOT_ITEM = 150    # tokens a zero-shot item costs, its choices together, about
+LOAD = 3_000           # a run's fixed cost (loading, converting, the windows), in tokens' worth
+
+
 def cost(config: RunConfig) -> float:
-    """A rough relative cost, for the ETA: tokens through blocks, and the long evaluations."""
-    tokens = config.n_calib * config.seq_len
-    trained = config.train_epochs * 3 * (config.n_calib + config.self_gen + config.extra_real) * config.seq_len
-    return (tokens * 4 + trained * (2 if config.recon == "br+gp+cr" else 1)
-            + 2 * len(config.test_error) * config.n_test * config.seq_len) / 1e6 + (
-        30 if config.max_eval_windows == 0 else 1) + (10 if config.zeroshot else 0)
+    """Millions of tokens through the model, about: what a run's time is proportional to on one model, so that
+    a rate measured at one setting (hours) carries to another. Pruning passes the calibration windows some four
+    times a block, Adam three times an epoch (forward, backward; twice over for CR's two-block units), and the
+    evaluations their windows once."""
+    real = config.n_calib + config.extra_real
+    trained = config.train_epochs * 3 * (real + config.self_gen) * (2 if config.recon == "br+gp+cr" else 1)
+    evaluated = 2 * len(config.test_error) * config.n_test + len(config.ppl) * (config.max_eval_windows or 0)
+    tokens = (4 * real + trained + evaluated + 10 * config.self_gen) * config.seq_len
+    tokens += len(config.ppl) * WHOLE_SET * (config.max_eval_windows == 0)
+    tokens += len(config.zeroshot) * (config.zeroshot_limit or 1000) * ZEROSHOT_ITEM
+    return (tokens + LOAD) / 1e6
 
 
 def _work(item):

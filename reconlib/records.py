@@ -127,6 +127,7 @@ def machine() -> dict:
     return {"platform": platform.platform(), "cpus": os.cpu_count(), "cpu_model": cpu,
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "amx": any(f.startswith("amx") for f in flags), "blas": blas,
+            "bf16_units": [f for f in flags if f in ("amx_bf16", "avx512_bf16")],  # where bf16 matmuls are native
             "onednn": next((line.strip(" -") for line in built.splitlines() if "MKL-DNN" in line or "oneDNN" in line), None),
             "threads": torch.get_num_threads(),
             "isa_variables": {k: os.environ[k] for k in ISA_VARIABLES if k in os.environ},
