@@ -140,7 +140,8 @@ def verify_markdown(rows: list[dict]) -> str:
         "largest rel. diff.": f"{r['worst']:.2g}", "band there": f"{r['band']:.2g}",
         "verdict": "fails" if r["failures"] or r["flipped"] else "agrees"} for r in rows])
     flips = [r for r in rows if r["flipped"] is not None]
-    return (f"Recomputed on {cpu(here)} ({here['blas'].split(' Version')[0]}, torch "
+    switched = "".join(f", {k}={v}" for k, v in here["isa_variables"].items())
+    return (f"Recomputed on {cpu(here)}{switched} ({here['blas'].split(' Version')[0]}, torch "
             f"{records.environment()['versions']['torch']}, {here['threads']} threads) while the book was built: "
             f"{len(rows)} record(s), and every record's digest checked. *same kernels*: the record names this CPU, "
             f"ISA, BLAS and versions, so every number must agree to a relative {verify.SAME_KERNELS:g}. *same numbers*: "
