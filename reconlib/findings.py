@@ -18,7 +18,6 @@ from .config import CRITERIA, SCHEMES, RunConfig
 PAPER_MODELS = ("llama-7b", "opt-125m")
 STEPS = (("lr", "br"), ("br", "br+gp"), ("br+gp", "br+gp+cr"))
 LABELS = {"lr": "LR", "br": "BR", "br+gp": "BR+GP", "br+gp+cr": "BR+GP+CR"}
-SUBSET = {"smoke": 2, "cpu": 32, "paper": 0}  # perplexity windows every run reports (0 = whole test set)
 
 
 # ------------------------------------------------------------------ the verdict rule (stats.py)
@@ -115,7 +114,9 @@ def computing() -> bool:
 def table(configs: list[RunConfig], profile: str, progress: bool = True) -> pd.DataFrame:
     """One row per config: its record's headline numbers (computing the runs that are missing, unless not
     `computing()`: then a missing run has no row)."""
-    return pd.DataFrame([row(r, SUBSET[profile.split('+')[0]]) for r in read(configs, progress)])
+    # perplexity over the windows every run of the profile reports (its max_eval_windows; 0 = whole test set)
+    subset = grid.base(profile).max_eval_windows
+    return pd.DataFrame([row(r, subset) for r in read(configs, progress)])
 
 
 def read(configs: list[RunConfig], progress: bool = True) -> list[dict]:
