@@ -50,7 +50,7 @@ def rss_mb(field: str) -> float:
 
 
 def measure(name: str, seq_len: int, method: str, n_windows: int) -> dict:
-    from reconlib import data, evaluate, models, reconstruct
+    from reconlib import data, evaluate, memory, models
 
     model, tokenizer = models.load_model(name)
     bos = tokenizer.bos_token_id if models.needs_bos(model) else None
@@ -58,14 +58,14 @@ def measure(name: str, seq_len: int, method: str, n_windows: int) -> dict:
     for p in model.parameters():  # page in weights still lazily mapped from the safetensors file
         p.sum()
     cpu = torch.device("cpu")
-    reconstruct.reset_peak_memory(cpu)
+    memory.reset_peak(cpu)
     before = rss_mb("VmRSS")
     start = time.perf_counter()
     if method == "old":
         ppl = full_logits_perplexity(model, windows)
     else:
         ppl = evaluate.perplexity(model, windows, progress=False)
-    out = {"ppl": ppl, "seconds": time.perf_counter() - start, "peak_mb": reconstruct.peak_memory_mb(cpu) - before}
+    out = {"ppl": ppl, "seconds": time.perf_counter() - start, "peak_mb": memory.peak_mb(cpu) - before}
     if method == "old":  # after the peak is read
         out["fp64_ppl"] = fp64_perplexity(model, windows)
     return out

@@ -1,6 +1,6 @@
 """The paper's scale on one GPU: seconds per block, peak GPU memory and the BR step's share of the GPU's bf16
 matmul peak, for LR, BR, BR+GP and BR+GP+CR (SparseGPT, 50%), on a Llama-2-7B-shaped model with random
-weights (no Hub needed), against the paper's Table 6 (LLaMA-7B, batch 8: 3.9 / 5.7 / 5.7 / 10.6 GB).
+weights (no Hub needed), against the paper's Table 6 (LLaMA-7B, batch 8; its numbers are reconlib/paper_numbers.csv's).
 
     python bench/gpu_scale.py                                   # 7B shape, 128 × 2048 tokens, 4 blocks, 1 epoch
     python bench/gpu_scale.py --n 256 --seq-len 1024 --epochs 10 --blocks 2
@@ -20,7 +20,7 @@ import time
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from reconlib import arch, reconstruct
+from reconlib import arch, paper, reconstruct
 from reconlib.config import RunConfig
 
 SHAPES = {
@@ -29,7 +29,7 @@ SHAPES = {
     "tiny": dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=4,
                  vocab_size=256, max_position_embeddings=512),
 }
-PAPER_GB = {"lr": 3.9, "br": 5.7, "br+gp": 5.7, "br+gp+cr": 10.6}
+PAPER_GB = {r: paper.lookup("llama-7b", "sparsegpt", r, "peak_memory_gb") for r in ("lr", "br", "br+gp", "br+gp+cr")}
 
 
 def model_of(shape: str, blocks: int):

@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from reconlib import arch, criteria, data, evaluate, models, records, reconstruct, sparsegpt
+from reconlib import arch, criteria, data, evaluate, models, provenance, reconstruct, sparsegpt
 from reconlib.config import profile
 
 
@@ -51,7 +51,7 @@ def main():
     masks = {}
     for name, layer in arch.linears(block).items():
         layer.weight.data, masks[name], _ = sparsegpt.solve(layer.weight.data, stats.H(name), 0.5, 0, 0)
-    machine = records.machine()
+    machine = provenance.machine()
     print(f"{args.model} block {args.block}, {args.n} × {args.seq_len} tokens, {args.epochs} epochs, batch 2, "
           f"{args.threads} threads; {machine['cpu_model']}, {machine['cpu_capability']}, native bf16: "
           f"{', '.join(machine['bf16_units']) or 'none'}")
@@ -61,7 +61,7 @@ def main():
         config = profile("cpu", model=args.model, recon="br+gp", n_calib=args.n, seq_len=args.seq_len,
                          epochs=args.epochs, dtype=dtype)
         trained = copy.deepcopy(block)
-        device, amp = reconstruct.device_of(config)
+        device, amp = config.placement
         start = time.perf_counter()
         reconstruct.train([trained], [masks], x, target, [kwargs[args.block]], config, device, amp, seed=0)
         seconds = time.perf_counter() - start

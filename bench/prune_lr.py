@@ -17,14 +17,14 @@ import torch
 
 
 def measure(kind: str, args) -> dict:
-    from reconlib import arch, criteria, data, models, reconstruct, sparsegpt, streams
+    from reconlib import arch, criteria, data, memory, models, reconstruct, sparsegpt, streams
     from reconlib.config import RunConfig
 
     model, tokenizer = models.load_model(args.model)
     calib = data.calibration_set("boolq-passages", tokenizer, args.n_calib, args.seq_len, seed=0)
     config = RunConfig(model=args.model, criterion=kind if kind != "floor" else "magnitude", recon="lr",
                        n_calib=args.n_calib, seq_len=args.seq_len, batch_size=args.batch_size, device=args.device)
-    device, amp = reconstruct.device_of(config)
+    device, amp = config.placement
     spent = {"solver": 0.0, "stats": 0.0}
 
     def timed(fn, key):
@@ -51,7 +51,7 @@ def measure(kind: str, args) -> dict:
     else:
         reconstruct.prune(model, config, calib, progress=False)
     seconds = time.perf_counter() - start
-    peak = reconstruct.peak_memory_mb(device)
+    peak = memory.peak_mb(device)
     return {"kind": kind, "seconds": seconds, "solver_seconds": spent["solver"], "stats_seconds": spent["stats"],
             "peak_mb": peak}
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -37,7 +36,7 @@ def adam_steps(args) -> dict:
     model, tokenizer = models.load_model(args.model)
     config = RunConfig(model=args.model, recon="br", n_calib=args.batch_size * args.steps, seq_len=args.seq_len,
                        batch_size=args.batch_size, epochs=1, device=args.device)
-    device, amp = reconstruct.device_of(config)
+    device, amp = config.placement
     calib = data.calibration_set("boolq-passages", tokenizer, config.n_calib, args.seq_len, seed=0)
     x, kwargs = arch.capture(model, calib, args.batch_size)
     block = arch.blocks(model)[0].to(device)

@@ -1,6 +1,6 @@
 """Open every page of the built book in headless Chromium, as a reader would, and fail on what a reader
 would see broken: an image that did not load, a request that failed, a request that left the machine
-(a CDN), or a findings chapter without a figure. A full-page screenshot of each page is kept.
+(a CDN), a findings chapter without a figure, or a page showing its parameters cell twice. A full-page screenshot of each page is kept.
 
     python book/check_pages.py [--html book/_build/html] [--toc book/_toc.yml]
 
@@ -35,6 +35,10 @@ SETTLE_JS = """async () => {
   return imgs.filter(i => i.naturalWidth === 0).map(i => i.getAttribute('src') || i.currentSrc);
 }"""
 FIGURES_JS = "() => document.querySelectorAll('article img, article figure, article svg.figure').length"
+# code cells that set the notebook's parameters: papermill's injected cell is the one a page should show (its
+# defaults cell is tagged remove-cell), so a second one is a reading hazard
+PARAMETERS_JS = ("() => [...document.querySelectorAll('article div.cell_input pre')]"
+                 ".filter(p => /^\\s*profile\\s*=/m.test(p.textContent)).length")
 
 
 def findings_pages(toc: Path) -> set[str]:
@@ -85,6 +89,8 @@ def check_page(browser, base: str, rel: str, shots: Path, needs_figure: bool, ti
         problems += [f"{rel}: broken image: {src}" for src in page.evaluate(SETTLE_JS)]
         if needs_figure and page.evaluate(FIGURES_JS) == 0:
             problems.append(f"{rel}: findings page without a figure")
+        if (shown := page.evaluate(PARAMETERS_JS)) > 1:
+            problems.append(f"{rel}: {shown} parameters cells shown (one is papermill's injected copy)")
         page.screenshot(path=str(shots / (rel.replace("/", "__")[:-len(".html")] + ".png")), full_page=True)
     except Exception as err:  # a timeout or a crash is the page's problem, not the checker's
         problems.append(f"{rel}: could not load: {err}")

@@ -10,22 +10,31 @@ import json
 import sys
 from dataclasses import fields
 
-from .config import RunConfig, from_dict
+from .config import CORPORA, CRITERIA, SCHEMES, TEST_SETS, RunConfig, check_contamination, field_help, from_dict
+
+
+CHOICES = {"criterion": CRITERIA, "recon": SCHEMES, "dtype": ("auto", "bfloat16", "float16", "float32")}
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per RunConfig field; its help is the field's comment in config.py (field_help)."""
+    described = field_help()
+    described["calib"] += f" (corpora: {', '.join(CORPORA)})"
+    for name in ("ppl", "test_error"):
+        described[name] += f" (from {', '.join(TEST_SETS)})"
     for f in fields(RunConfig):
-        default = f.default
-        kind = type(default)
+        flag, default, kind = f"--{f.name.replace('_', '-')}", f.default, type(f.default)
+        text = described.get(f.name, "").replace("%", "%%")  # argparse formats help with %
         if kind is tuple:
-            parser.add_argument(f"--{f.name.replace('_', '-')}", default=",".join(default), metavar="A,B",
-                                help=f"comma-separated (default: {','.join(default) or 'none'})")
+            parser.add_argument(flag, default=",".join(default), metavar="A,B",
+                                help=f"{text}; comma-separated (default: {','.join(default) or 'none'})")
         elif kind is bool:
-            parser.add_argument(f"--{f.name.replace('_', '-')}", action=argparse.BooleanOptionalAction,
-                                default=default, help=f"(default: {default})")
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=text)
         else:
-            parser.add_argument(f"--{f.name.replace('_', '-')}", type=str if kind is str else kind, default=default,
-                                help=f"(default: {default})")
+            # the choices are listed, not enforced here: RunConfig's own check names the bad value and the fix
+            choices = f"; one of {', '.join(CHOICES[f.name])}" if f.name in CHOICES else ""
+            parser.add_argument(flag, type=str if kind is str else kind, default=default,
+                                help=f"{text}{choices} (default: %(default)s)")
 
 
 def _emit(payload: dict, as_json: bool) -> None:
@@ -58,8 +67,8 @@ def cmd_prune(args) -> dict:
     config = from_dict(values)
     record = records.run(config, out=args.out, low_memory=args.low_memory)
     keep = ("sparsity", "block_error", "final_error", "test_block_error", "test_final_error", "ppl", "zeroshot",
-            "peak_memory_mb", "key")
-    return {**{k: record[k] for k in keep}, "seconds": record["seconds"]["total"], "config": record["config"],
+            "peak_memory_mb", "key", "holdout_block_error", "unit_curves")
+    return {**{k: record[k] for k in keep if k in record}, "seconds": record["seconds"]["total"], "config": record["config"],
             "calib_digest": record.get("calib_digest"), "record": str(records.path(config))}
 
 
@@ -69,9 +78,8 @@ def cmd_zeroshot(args) -> dict:
 
         run = json.loads((Path(args.pruned) / "reconlib_config.json").read_text()) \
             if (Path(args.pruned) / "reconlib_config.json").is_file() else {}
-        if run.get("calib") == "boolq-passages":
-            raise ValueError(f"{args.pruned} was calibrated on boolq-passages, BoolQ's own text, so its BoolQ "
-                             "accuracy is contaminated: drop boolq from --tasks")
+        check_contamination(run.get("calib"), args.tasks.split(","), "drop boolq from --tasks",
+                            who=f"{args.pruned} was calibrated on boolq-passages, which")
     record = _dense({"model": args.pruned or args.model, "ppl": "", "zeroshot": args.tasks,
                      "zeroshot_limit": args.limit, "device": args.device})
     return {**record["zeroshot"], "seconds": record["seconds"], "record": record["record"]}
@@ -88,7 +96,7 @@ def _write(text: str, out: str | None) -> None:
 
 
 def cmd_report(args) -> dict:
-    from . import records, report
+    from . import report
 
     if args.command == "records" and args.action in ("verify", "audit"):
         from . import verify
@@ -105,12 +113,12 @@ def cmd_report(args) -> dict:
 
 
 def cmd_grid(args) -> dict:
-    from . import grid
+    from . import grid, parallel
 
     todo = grid.missing(args.profile)
     if args.dry_run:
         return {"missing": len(todo), "runs": [grid.label(kind, c) for kind, c in todo]}
-    done = grid.compute(args.profile, workers=args.workers, executor=args.executor, address=args.address)
+    done = parallel.compute(args.profile, workers=args.workers, executor=args.executor, address=args.address)
     return {"computed": len(done), "seconds": sum(s for _, _, s in done)}
 
 
@@ -150,8 +158,12 @@ def main(argv=None) -> int:
     p.add_argument("--address", help="ray: a running cluster ('auto', 'ray://head:10001'); none = a local one")
     p.set_defaults(func=cmd_grid)
 
-    for name in ("summary", "cost", "rule", "records"):
-        p = sub.add_parser(name, help=f"markdown {name} table from the run records (for the book)")
+    tables = {"summary": "markdown: every finding's verdict per model with its deciding numbers, and the intro table",
+              "cost": "markdown: minutes and peak memory of pruning per model and scheme (the paper's Table 6)",
+              "rule": "markdown: the verdict rule and its simulated false-positive rate and power",
+              "records": "markdown: the store's records and what wrote them; `verify` / `audit` recompute some here"}
+    for name, text in tables.items():
+        p = sub.add_parser(name, help=text)
         p.add_argument("--out")
         p.add_argument("--profile", default="cpu")
         p.set_defaults(func=cmd_report)

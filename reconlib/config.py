@@ -8,32 +8,40 @@ from dataclasses import dataclass, fields
 
 CRITERIA = ("magnitude", "wanda", "sparsegpt")
 SCHEMES = ("lr", "br", "br+gp", "br+gp+cr")
-CORPORA = ("wikitext2", "ptb", "c4", "wikitext2-valid", "boolq-passages")  # as reconlib.data names them
-TEST_SETS = ("wikitext2", "ptb", "c4", "boolq-passages")
+CORPORA = ("wikitext2", "ptb", "c4", "wikitext2-valid", "boolq-passages")  # the corpora reconlib.data reads
+TEST_SETS = ("wikitext2", "ptb", "c4", "boolq-passages")                   # perplexity and test-error sets
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    model: str = "smollm2-135m"
-    criterion: str = "sparsegpt"        # magnitude | wanda | sparsegpt
+    model: str = "smollm2-135m"         # an embedded name (smollm2-135m, gemma3-270m), a Hub id or a local HF folder
+    criterion: str = "sparsegpt"        # what chooses each block's masks (method.md §2)
     sparsity: str = "0.5"               # unstructured ratio in (0, 1), or "N:M" (keep N of every M)
-    recon: str = "lr"                   # lr | br | br+gp | br+gp+cr
+    recon: str = "lr"                   # scheme (method.md §3): lr = the criterion alone; br = Adam per block; +gp
+                                        # towards the dense stream; +cr on two-block units
     calib: str = "wikitext2-valid"      # a corpus name or a local .txt / .jsonl file or folder; the paper uses c4
     n_calib: int = 32                   # calibration windows (paper: 256)
     seq_len: int = 512                  # tokens per window (paper: 1024 calibration, 2048 evaluation)
     self_gen: int = 0                   # self-generated windows added for reconstruction (method.md §5)
     extra_real: int = 0                 # more real windows added for reconstruction only, as self_gen's are:
                                         # the masks stay those of the n_calib windows (finding 3's control)
+    holdout: int = 0                    # held-out windows of the calibration corpus, disjoint from the trained ones and
+                                        # never trained on: each unit's error on them (and on the trained windows) is
+                                        # measured before training and after every epoch, the record's unit_curves;
+                                        # costs a forward of the trained and held-out windows per epoch: a third of
+                                        # the pruning time at 16 + 16 windows (seconds.monitor says)
+    early_stop: bool = False            # each unit keeps the weights of its evaluation point (epoch 0 = none trained)
+                                        # with the lowest held-out error; needs holdout > 0 (LR: nothing to stop)
     epochs: int = 10                    # Adam epochs per unit; 0 = LR
-    lr: float = 2e-4                    # decayed linearly to 0
-    batch_size: int = 8
-    seed: int = 0
+    lr: float = 2e-4                    # Adam's learning rate, decayed linearly to 0
+    batch_size: int = 8                 # windows per forward and per Adam step
+    seed: int = 0                       # draws the calibration windows and Adam's shuffling
     ppl: tuple = ("wikitext2", "ptb")   # perplexity sets evaluated after pruning
-    test_error: tuple = ("wikitext2",)  # held-out sets for the per-block test error
+    test_error: tuple = ("wikitext2",)  # test sets whose windows measure the per-block test error
     n_test: int = 8                     # test windows per test_error set
-    max_eval_windows: int = 0           # 0 = whole test set for perplexity
+    max_eval_windows: int = 0           # perplexity on the first K windows of each ppl set; 0 = the whole test set
     zeroshot: tuple = ()                # zero-shot tasks evaluated after pruning
-    zeroshot_limit: int = 0             # 0 = all items
+    zeroshot_limit: int = 0             # first K items of each zero-shot task; 0 = all items
     device: str = "auto"                # auto = cuda when available
     dtype: str = "auto"                 # autocast dtype of the blocks: auto = bfloat16 on a GPU, float32 (none) on
                                         # a CPU; bfloat16 / float16 on either; float16 trains with loss scaling
@@ -62,10 +70,8 @@ class RunConfig:
         for name in ("ppl", "test_error"):
             bad = [c for c in getattr(self, name) if c not in TEST_SETS]
             need(not bad, f"unknown test set {bad} in {name}: use names from {', '.join(TEST_SETS)}")
-        # BoolQ's passages are BoolQ's own text: calibrating on them and scoring BoolQ reads the answers
-        need(not (self.calib == "boolq-passages" and "boolq" in self.zeroshot),
-             "calib='boolq-passages' is BoolQ's own text, so BoolQ accuracy after calibrating on it is contaminated: "
-             "drop boolq from zeroshot or calibrate on wikitext2-valid, c4 or a local corpus")
+        check_contamination(self.calib, self.zeroshot, "drop boolq from zeroshot or calibrate on wikitext2-valid, "
+                            "c4 or a local corpus")
         for name in ("seq_len", "batch_size", "n_test"):
             need(isinstance(getattr(self, name), int) and getattr(self, name) > 0,
                  f"{name} must be a positive integer, got {getattr(self, name)!r}")
@@ -77,7 +83,8 @@ class RunConfig:
              f"{self.criterion!r}, recon={self.recon!r}, test_error={list(self.test_error)}: raise n_calib, or use "
              "criterion='magnitude', recon='lr', test_error=''")
         need(isinstance(self.sequential, bool), f"sequential must be true or false, got {self.sequential!r}")
-        for name in ("self_gen", "extra_real", "epochs", "max_eval_windows", "zeroshot_limit"):
+        need(isinstance(self.early_stop, bool), f"early_stop must be true or false, got {self.early_stop!r}")
+        for name in ("self_gen", "extra_real", "holdout", "epochs", "max_eval_windows", "zeroshot_limit"):
             need(isinstance(getattr(self, name), int) and getattr(self, name) >= 0,
                  f"{name} must be an integer ≥ 0, got {getattr(self, name)!r}")
         need(self.lr > 0, f"lr must be > 0, got {self.lr}")
@@ -85,6 +92,10 @@ class RunConfig:
              f"batch_size {self.batch_size} is larger than the calibration set ({self.n_calib} + {self.self_gen} "
              f"+ {self.extra_real} windows): lower batch_size or raise n_calib")
         need(self.n_calib > 0 or not self.extra_real, "extra_real adds real windows to n_calib's: raise n_calib")
+        need(self.n_calib > 0 or not self.holdout, "holdout windows are drawn beside n_calib's: raise n_calib")
+        # (LR trains nothing, so there early_stop changes nothing, as epochs do not)
+        need(not self.early_stop or self.holdout > 0,
+             "early_stop chooses among a unit's epochs by its error on held-out windows: set holdout > 0 (e.g. 16)")
         need(self.recon == "lr" or self.epochs > 0,
              f"recon={self.recon!r} trains by Adam and needs epochs ≥ 1 (epochs=0 is recon='lr')")
         need(self.device in ("auto", "cpu") or self.device.startswith("cuda"),
@@ -96,6 +107,19 @@ class RunConfig:
     def pattern(self) -> tuple[float, int, int]:
         """(ratio, n_keep, group): N:M gives (1 - N/M, N, M); unstructured gives (ratio, 0, 0)."""
         return parse_sparsity(self.sparsity)
+
+    @property
+    def placement(self):
+        """(torch.device, the autocast dtype of the blocks' forward and backward, None for plain fp32). `auto` is
+        bf16 on a GPU and fp32 on a CPU, where bf16 matmuls are ~100× slower without AMX; an explicit dtype is
+        honoured on either. The blocks' parameters, Adam's state and the streams stay fp32 whatever the dtype."""
+        import torch
+
+        name = "cuda" if self.device == "auto" and torch.cuda.is_available() else "cpu" if self.device == "auto" \
+            else self.device
+        device = torch.device(name)
+        dtype = ("bfloat16" if device.type == "cuda" else "float32") if self.dtype == "auto" else self.dtype
+        return device, {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": None}[dtype]
 
     @property
     def train_epochs(self) -> int:
@@ -127,7 +151,13 @@ class RunConfig:
         return from_dict({**self.to_dict(), **overrides})
 
 
-ADDED = {"sequential": False, "extra_real": 0}  # fields added after records were first committed, left out of key() at their default
+ADDED = {"sequential": False, "extra_real": 0, "holdout": 0, "early_stop": False}  # fields added after records were first committed, left out of key() at their default
+
+
+def check_contamination(calib: str, tasks, fix: str, who: str = "calib='boolq-passages'") -> None:
+    """BoolQ's passages are BoolQ's own text: calibrating on them and scoring BoolQ reads the answers."""
+    if calib == "boolq-passages" and "boolq" in tasks:
+        raise ValueError(f"{who} is BoolQ's own text, so BoolQ accuracy after calibrating on it is contaminated: {fix}")
 
 
 def _is_local(corpus: str) -> bool:
@@ -191,6 +221,23 @@ def profile(name: str, **overrides) -> RunConfig:
     if name not in PROFILES:
         raise ValueError(f"unknown profile {name!r}: use one of {', '.join(PROFILES)}")
     return from_dict({**PROFILES[name], **{k: v for k, v in overrides.items() if v is not None}})
+
+
+def field_help() -> dict[str, str]:
+    """Each field's comment in RunConfig's source (continuation lines joined): the one place that says what a field
+    means, read by the CLI's --help, so the two cannot drift."""
+    import inspect
+    import re
+
+    out, name = {}, None
+    for line in inspect.getsource(RunConfig).splitlines():
+        if m := re.match(r"\s{4}(\w+): [^=]+=[^#]*#\s?(.*)", line):
+            name, out[m.group(1)] = m.group(1), m.group(2).strip()
+        elif name and (m := re.match(r"\s+#\s?(.*)", line)):
+            out[name] += " " + m.group(1).strip()
+        else:
+            name = None
+    return out
 
 
 def field_names() -> list[str]:

@@ -10,7 +10,7 @@ from torch import nn
 
 
 def score(criterion: str, W: torch.Tensor, col_sq: torch.Tensor | None = None) -> torch.Tensor:
-    """Magnitude |W|; Wanda |W_ij| · ‖X_j‖₂ with ‖X_j‖₂² = col_sq[j] summed over calibration tokens."""
+    """Magnitude abs(W); Wanda abs(W_ij) · ‖X_j‖₂ with ‖X_j‖₂² = col_sq[j] summed over calibration tokens."""
     if criterion == "magnitude":
         return W.abs()
     if criterion == "wanda":

@@ -18,14 +18,14 @@ from pathlib import Path
 
 import torch
 
+from .config import CORPORA
+
 log = logging.getLogger(__name__)
 
 # name -> file under RECONLIB_DATA_DIR; wikitext2-valid is calibration text only (the WikiText-2 validation
 # split, word-tokenized): long articles that are neither a perplexity test set nor a zero-shot task's text
 LOCAL_FILES = {"wikitext2": "wikitext-2-raw/wiki.test.joined.txt", "ptb": "ptb/ptb.test.txt",
                "wikitext2-valid": "wikitext-2-tokenized/valid.txt"}
-CORPORA = ("wikitext2", "ptb", "c4", "wikitext2-valid", "boolq-passages")
-TEST_SETS = ("wikitext2", "ptb", "c4", "boolq-passages")  # perplexity and test-error sets
 HELD_OUT = 0.1  # boolq-passages: the last 10% of passages are test text, never calibration
 # WikiText marks each article with a ` = Title = ` line (sections are ` = = Section = = `)
 ARTICLE = re.compile(r"^ = [^=].* = $", re.MULTILINE)
@@ -82,7 +82,11 @@ def _read_local(corpus: str) -> tuple[str, ...]:
         docs = []
         for n, line in enumerate(path.read_text().splitlines(), 1):
             if line.strip():
-                row = json.loads(line)
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}, line {n}: not JSON ({e.msg}, column {e.colno}): a .jsonl corpus holds "
+                                     "one JSON object a line, {\"text\": \"...\"}") from None
                 if not isinstance(row, dict) or not isinstance(row.get("text"), str):
                     raise ValueError(f"{path}, line {n}: expected a JSON object with a string field 'text'")
                 docs.append(row["text"])
@@ -183,49 +187,77 @@ def _with_bos(x: torch.Tensor, bos: int | None) -> torch.Tensor:
     return x if bos is None else torch.cat([torch.full((x.shape[0], 1), bos), x], dim=1)
 
 
-def stream_windows(ids: torch.Tensor, n: int, seq_len: int, seed: int = 0, bos: int | None = None) -> torch.Tensor:
-    """n random windows of one token stream (as SparseGPT's and Wanda's loaders cut WikiText-2) → (n, seq_len)."""
+def stream_windows(ids: torch.Tensor, n: int, seq_len: int, seed: int = 0, bos: int | None = None,
+                   holdout: int = 0) -> torch.Tensor:
+    """n random windows of one token stream (as SparseGPT's and Wanda's loaders cut WikiText-2) → (n, seq_len);
+    with `holdout`, that many more after them, each sharing no token with the first n (`calibration_set`)."""
     _check(n, seq_len)
     rng, body = random.Random(seed), seq_len - (bos is not None)
     if len(ids) <= body:
         raise ValueError(f"the text has {len(ids)} tokens, fewer than one window of {seq_len}")
-    starts = [rng.randrange(len(ids) - body) for _ in range(n)]
-    return _with_bos(torch.stack([torch.as_tensor(ids[s:s + body], dtype=torch.long) for s in starts]), bos)
+    spans = _Spans(n, body)
+    for _ in range(1000 * (n + holdout)):
+        spans.offer(0, rng.randrange(len(ids) - body))
+        if len(spans.taken) == n + holdout:
+            break
+    else:
+        raise ValueError(f"the text has too few tokens for {holdout} held-out windows of {seq_len} beside {n}: "
+                         "lower holdout or n_calib")
+    return _with_bos(torch.stack([torch.as_tensor(ids[s:s + body], dtype=torch.long) for _, s in spans.taken]), bos)
 
 
-def calibration_set(corpus: str, tokenizer, n: int, seq_len: int, seed: int = 0, bos: int | None = None):
-    """n random windows of seq_len tokens → LongTensor (n, seq_len) (method.md §5).
+class _Spans:
+    """The windows drawn so far, as (document, start): the first n are taken as drawn (so a draw with held-out
+    windows begins with exactly the draw without), later ones only where they share no token with the first n."""
+
+    def __init__(self, n: int, body: int):
+        self.n, self.body, self.taken = n, body, []
+
+    def offer(self, doc: int, start: int) -> bool:
+        if len(self.taken) >= self.n and any(d == doc and abs(s - start) < self.body for d, s in self.taken[:self.n]):
+            return False
+        self.taken.append((doc, start))
+        return True
+
+
+def calibration_set(corpus: str, tokenizer, n: int, seq_len: int, seed: int = 0, bos: int | None = None,
+                    holdout: int = 0) -> torch.Tensor:
+    """n random windows of seq_len tokens → LongTensor (n + holdout, seq_len) (method.md §5).
 
     Draw random documents until one is longer than the window, then take a random window of it (C4,
     WikiText articles, a local corpus's documents); a corpus of one document is one stream. `bos`, when
     given, is the first token of every window (Gemma). Uses its own `random.Random(seed)`, never global RNG.
+    holdout: that many further windows of the same draw, each sharing no token with the first n (windows a
+    run measures but never trains on); the first n are the draw without them, window for window.
     """
     _check(n, seq_len)
     docs = documents(corpus, "train")
     if len(docs) == 1:
-        return stream_windows(_stream(tokenizer, corpus, "train"), n, seq_len, seed, bos)
+        return stream_windows(_stream(tokenizer, corpus, "train"), n, seq_len, seed, bos, holdout)
     rng, body = random.Random(seed), seq_len - (bos is not None)
-    windows, encoded = [], {}  # encoded: document → ids, since a short one is drawn (and refused) again and again
-    for _ in range(1000 * n):
+    spans, windows, encoded = _Spans(n, body), [], {}  # encoded: document → ids (a short one is drawn again and again)
+    for _ in range(1000 * (n + holdout)):
         pick = rng.randrange(len(docs))
         if pick not in encoded:
             encoded[pick] = _encode(tokenizer, docs[pick])
         ids = encoded[pick]
         if len(ids) > body:
             start = rng.randrange(len(ids) - body)
-            windows.append(torch.as_tensor(ids[start:start + body], dtype=torch.long))
-            if len(windows) == n:
+            if spans.offer(pick, start):
+                windows.append(torch.as_tensor(ids[start:start + body], dtype=torch.long))
+            if len(windows) == n + holdout:
                 break
     else:
         raise ValueError(f"corpus {corpus!r}: too few of its {len(docs)} documents are longer than a window of "
-                         f"{seq_len} tokens; use a shorter seq_len or a corpus of longer documents")
-    sources = [pick for pick, ids in encoded.items() if len(ids) > body]  # every long one drawn gave a window
+                         f"{seq_len} tokens for {n} windows" + (f" and {holdout} held-out ones" if holdout else "")
+                         + "; use a shorter seq_len, fewer windows or a corpus of longer documents")
+    sources = {pick for pick, _ in spans.taken[:n]}
     if len(sources) < n / 2:
         # boolq-passages: median 115 tokens; at seq_len 512 only 8 of 2,644 passages are long enough
         log.warning("calibration: the %d windows of %d tokens come from only %d distinct documents of %s, since "
                     "most are shorter than the window; use a shorter seq_len or a corpus of longer documents",
                     n, seq_len, len(sources), corpus)
-    return _with_bos(torch.stack(windows), bos)  # (n, seq_len)
+    return _with_bos(torch.stack(windows), bos)  # (n + holdout, seq_len)
 
 
 def eval_windows(corpus: str, tokenizer, seq_len: int, bos: int | None = None, max_windows: int = 0):

@@ -58,10 +58,11 @@ def fmt_p(p: float) -> str:
     return "—" if math.isnan(p) else "<0.001" if p < 0.001 else f"{p:.2g}"
 
 
-def judge(finding: str, parts: list[Part], unit: str) -> dict:
-    """The rule applied to a finding's parts → {finding, verdict, parts (a table), words (part → verdict)}."""
+def judge(finding: str, parts: list[Part], unit: str, claimed_by: str = "paper") -> dict:
+    """The rule applied to a finding's parts → {finding, verdict, parts (a table), words (part → verdict)};
+    `claimed_by` heads the column of each part's claimed direction (the paper's, or ours beyond it)."""
     verdict, words = stats.verdicts([p.test for p in parts])
-    table = pd.DataFrame([{"part": p.name, "paper": "falls" if p.direction < 0 else "rises",
+    table = pd.DataFrame([{"part": p.name, claimed_by: "falls" if p.direction < 0 else "rises",
                            f"change ({unit}), 95% CI": fmt_change(p), "p": fmt_p(p.test.p), "n": p.test.n,
                            "verdict": w} for p, w in zip(parts, words)])
     return {"finding": finding, "verdict": verdict, "parts": table, "words": dict(zip((p.name for p in parts), words)),
@@ -231,7 +232,7 @@ def capacity(profile: str, df: pd.DataFrame) -> pd.DataFrame:
 
     rows = []
     for model in grid.grid(profile).models:
-        net, _ = models.load_model(model)
+        net = models.skeleton(model)
         weights = sum(m.weight.numel() for m in arch.linears(arch.blocks(net)[0]).values())
         config, d = grid.base(profile, model), df[(df.model == model) & (df.recon == "br+gp")]
         rows.append((model, weights, config.n_calib * config.seq_len, (d.test_error_wikitext2 / d.final_error).mean()))
@@ -261,7 +262,7 @@ def verdict_self_generated(df: pd.DataFrame, against: str = "real") -> dict:
     more real windows, for reconstruction only)."""
     k = int(df.self_gen.max())
     claim = {"real": f"3. Adding {k} self-generated windows lowers test error and perplexity",
-             "steps": f"3a. … more than training as many steps on the real windows alone",
+             "steps": "3a. … more than training as many steps on the real windows alone",
              "more real": f"3b. … more than adding {k} more real windows"}[against]
     parts = [Part(f"{METRICS[m]}, {against} → generated", changes(df, "variant", against, "generated", m), -1)
              for m in _measured(df)]
@@ -283,12 +284,9 @@ def curves(profile: str, model: str, data: str = "calibration") -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def part_verdicts(profile: str, model: str) -> dict:
-    """(finding, part) → verdict word, for every part the pages read: what `records verify` holds fixed."""
-    out = {}
-    for v in verdicts(profile, model):
-        out |= {(v["finding"], part): word for part, word in v["words"].items()}
-    return out
+def words(verdicts_: list[dict]) -> dict:
+    """(finding, part) → verdict word, for every part of these verdicts: what `records verify` holds fixed."""
+    return {(v["finding"], part): word for v in verdicts_ for part, word in v["words"].items()}
 
 
 def verdicts(profile: str, model: str, progress: bool = False) -> list[dict]:

@@ -8,8 +8,6 @@ once and recorded at once (records.run); a killed grid resumes at the next unrec
 from __future__ import annotations
 
 import json
-import os
-import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -27,11 +25,16 @@ class Grid:
     full_eval: bool         # the intro table's rows get perplexity on the whole test sets
     lr: dict = field(default_factory=dict)  # model → Adam's lr, where the profile's overshoots (bench/lr_check.py)
     fewer: dict = field(default_factory=dict)  # model → seeds of its magnitude and Wanda rows, where fewer
+    # finding 4 (early stopping): held-out windows, the (n_calib, epochs) settings it compares (the profile's own is
+    # added), and the sweep on the first model's first seed that chose them
+    holdout: int = 0
+    stop_settings: tuple = ()
+    stop_sweep: tuple = ()
 
 
 GRIDS = {
     "smoke": Grid(models={"tiny-llama": (0, 1)}, epochs=(1, 2), n_calib=(4, 8), self_gen=(0, 8),
-                  zeroshot_limit=2, full_eval=False),
+                  zeroshot_limit=2, full_eval=False, holdout=4, stop_settings=((4, 4),), stop_sweep=((4, 4), (4, 8))),
     # 5 seeds: a one-sided paired t-test at α = 0.05 then has 80% power at an effect of about 1.5 sd
     "cpu": Grid(models={"smollm2-135m": (0, 1, 2, 3, 4), "gemma3-270m": (0, 1, 2, 3, 4)}, epochs=(1, 2, 4),
                 n_calib=(16, 32, 64), self_gen=(0, 32, 64), zeroshot_limit=100, full_eval=True,
@@ -39,7 +42,10 @@ GRIDS = {
                 lr={"gemma3-270m": 2e-4},
                 # Gemma 3's magnitude and Wanda steps cut its error by 22–66% a step: 3 seeds separate them,
                 # and the 2 seeds saved are 3.6 CPU-hours
-                fewer={"gemma3-270m": (0, 1, 2)}),
+                fewer={"gemma3-270m": (0, 1, 2)},
+                # 16 windows × 8 epochs: the calibration error falls 3.7× from 2 epochs while the test error does
+                # not (the sweep of 4–16 windows × 8–32 epochs, on the page); 16 held-out windows each
+                holdout=16, stop_settings=((16, 8),), stop_sweep=((4, 8), (4, 32), (16, 8), (16, 32))),
     "paper": Grid(models={"facebook/opt-125m": (0,)}, epochs=(5, 10), n_calib=(128, 256), self_gen=(0, 256),
                   zeroshot_limit=0, full_eval=True),
 }
@@ -142,7 +148,8 @@ def cell(profile: str, model: str | None = None, seed: int = 0, **fields) -> Run
     own, g = base(profile, model), grid(profile)
     config = own.replace(seed=seed, **fields)
     first_model, first_seed = next(iter(g.models)), g.models[config.model][0]
-    default = (config.epochs, config.n_calib, config.self_gen, config.extra_real) == (own.epochs, own.n_calib, 0, 0)
+    default = (config.epochs, config.n_calib, config.self_gen, config.extra_real, config.holdout) == \
+        (own.epochs, own.n_calib, 0, 0, 0)
     row = (config.criterion, config.recon)
     extra = {}
     if config.recon != "lr" and config.model in g.lr:  # LR trains nothing: its records keep the profile's key
@@ -204,13 +211,57 @@ def self_gen_cells(profile: str, model: str) -> dict[str, list[RunConfig]]:
                    for s in seeds(profile, model)] for name, v in variants.items()}
 
 
+STOP_VARIANTS = {"fixed": {}, "early stop": dict(early_stop=True), "more real": None}
+
+
+def stop_settings(profile: str) -> list[tuple[int, int]]:
+    """Finding 4's (n_calib, epochs) settings: the grid's, then the profile's own."""
+    own = base(profile)
+    return list(dict.fromkeys(grid(profile).stop_settings + ((own.n_calib, own.epochs),)))
+
+
+def early_stop_cells(profile: str, model: str) -> list[RunConfig]:
+    """Finding 4, SparseGPT, each setting × BR+GP / BR+GP+CR × variant: "fixed" measures the held-out windows and
+    trains its epochs, "early stop" keeps each unit's best point on them, "more real" trains on them too
+    (extra_real, so the masks stay the n_calib windows'), without stopping. The overfitting settings on 5 seeds
+    (the model's fewer, where it has them); the profile's own, where nothing overfits, on the first model's first
+    3 seeds only: it asks what stopping costs where there is nothing to stop, and 2 CPU-hours a seed buy little."""
+    g = grid(profile)
+    own = base(profile, model)
+    out = []
+    for n_calib, epochs in stop_settings(profile):
+        control = (n_calib, epochs) == (own.n_calib, own.epochs)
+        if control and model != next(iter(g.models)):
+            continue
+        for s in g.fewer.get(model, g.models[model])[:3 if control else None]:
+            for recon in ("br+gp", "br+gp+cr"):
+                for variant in STOP_VARIANTS.values():
+                    fields = dict(holdout=g.holdout, **variant) if variant is not None else dict(extra_real=g.holdout)
+                    out.append(cell(profile, model, s, criterion="sparsegpt", recon=recon, n_calib=n_calib,
+                                    epochs=epochs, **fields))
+    return out
+
+
+def stop_sweep_cells(profile: str) -> list[RunConfig]:
+    """The sweep that chose finding 4's setting: BR+GP+CR with held-out curves, first model and seed."""
+    g = grid(profile)
+    model = next(iter(g.models))
+    own = base(profile)
+    return [cell(profile, model, g.models[model][0], criterion="sparsegpt", recon="br+gp+cr", n_calib=n, epochs=e,
+                 holdout=g.holdout) for n, e in dict.fromkeys(g.stop_sweep + ((own.n_calib, own.epochs),))]
+
+
 def runs(profile: str) -> list[RunConfig]:
-    """Every pruning run of the grid, without repeats, in the order the pages read them."""
+    """Every pruning run of the grid, without repeats, in the order the pages read them (finding 4's last: it
+    came last, and a partial store should first complete the paper's three)."""
     out = {}
     for model in grid(profile).models:
         for c in error_reduction_cells(profile, model) + [
                 c for f in ("epochs", "n_calib", "self_gen") for c in sweep_cells(profile, model, f)] + [
                 c for cells in self_gen_cells(profile, model).values() for c in cells]:
+            out.setdefault(c.key(), c)
+    if grid(profile).holdout:
+        for c in stop_sweep_cells(profile) + [c for m in grid(profile).models for c in early_stop_cells(profile, m)]:
             out.setdefault(c.key(), c)
     return list(out.values())
 
@@ -230,26 +281,17 @@ def cost(config: RunConfig) -> float:
     times a block, Adam three times an epoch (forward, backward; twice over for CR's two-block units), and the
     evaluations their windows once."""
     real = config.n_calib + config.extra_real
-    trained = config.train_epochs * 3 * (real + config.self_gen) * (2 if config.recon == "br+gp+cr" else 1)
+    unit = 2 if config.recon == "br+gp+cr" else 1
+    trained = config.train_epochs * 3 * (real + config.self_gen) * unit
+    # held-out windows: their two streams (twice, like a test set), and the curves' forward of them and of the
+    # trained windows before training and after each epoch
+    trained += 2 * config.holdout + (config.train_epochs + 1) * (real + config.self_gen + config.holdout) * unit \
+        * (config.holdout > 0)
     evaluated = 2 * len(config.test_error) * config.n_test + len(config.ppl) * (config.max_eval_windows or 0)
     tokens = (4 * real + trained + evaluated + 10 * config.self_gen) * config.seq_len
     tokens += len(config.ppl) * WHOLE_SET * (config.max_eval_windows == 0)
     tokens += len(config.zeroshot) * (config.zeroshot_limit or 1000) * ZEROSHOT_ITEM
     return (tokens + LOAD) / 1e6
-
-
-def _work(item):
-    """One run on a worker (a process of the pool, or a Ray task): its record, computed, not written, so that
-    the driver writes every record into its own store whatever filesystem the worker sees."""
-    kind, config = item
-    import torch
-
-    from . import records
-
-    torch.set_num_threads(int(os.environ.get("RECONLIB_THREADS", "1")))
-    started = time.perf_counter()
-    record = records.compute_dense(config) if kind == "dense" else records.compute(config, progress=False)
-    return kind, config, record, time.perf_counter() - started
 
 
 def missing(profile: str) -> list[tuple[str, RunConfig]]:
@@ -260,87 +302,9 @@ def missing(profile: str) -> list[tuple[str, RunConfig]]:
     return todo  # in the pages' order (first model, seeds, finding 1 first): a partial store is a useful one
 
 
-def _die_with(driver: int):
-    """A pool worker's first act: a thread that ends the worker once its driver is gone. A killed driver
-    (SIGTERM, SIGKILL, a closed terminal) runs no clean-up, and its workers would otherwise go on computing
-    runs whose records nobody is left to write."""
-    import threading
-
-    def watch():
-        while os.getppid() == driver:
-            time.sleep(1)
-        os._exit(1)
-
-    threading.Thread(target=watch, daemon=True).start()
-
-
-def _pool(todo: list, workers: int):
-    """(kind, config, record, seconds) as the runs finish, `workers` processes side by side."""
-    if workers <= 1:
-        yield from map(_work, todo)
-        return
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_die_with, initargs=(os.getpid(),)) as pool:
-        futures = [pool.submit(_work, item) for item in todo]
-        try:
-            for f in as_completed(futures):
-                yield f.result()
-        finally:
-            for f in futures:
-                f.cancel()
-
-
-def _ray(todo: list, workers: int, address: str | None):
-    """The same on a Ray cluster: `address` None starts a local one of `workers` CPUs; "auto" or
-    "ray://host:10001" joins a running one, where each run asks for one CPU (and a GPU when it has some)."""
-    import ray
-
-    env = {k: v for k, v in os.environ.items() if k.startswith(("RECONLIB_", "HF_"))} | {"OMP_NUM_THREADS": "1"}
-    ray.init(address=address, num_cpus=None if address else workers, include_dashboard=False,
-             runtime_env={"env_vars": env}, log_to_driver=False, ignore_reinit_error=True)
-    try:
-        remote = ray.remote(_work)
-        gpus = 1 if address and ray.cluster_resources().get("GPU") else 0
-        pending = [remote.options(num_cpus=1, num_gpus=gpus).remote(item) for item in todo]
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            yield ray.get(done[0])
-    finally:
-        ray.shutdown()
-
-
-def compute(profile: str, workers: int = 1, progress: bool = True, executor: str = "process",
-            address: str | None = None) -> list:
-    """Compute every missing record of the grid, `workers` runs side by side with one thread each (a process
-    pool, or Ray with `executor="ray"`); the driver writes each record the moment its run ends, so a killed
-    grid loses only the runs in flight (and a long one resumes at its checkpoint)."""
-    from tqdm.auto import tqdm
-
-    from . import records
-
-    todo = missing(profile)
-    done = []
-    if not todo:
-        return done
-    bar = tqdm(total=sum(cost(c) for _, c in todo), desc=f"grid {profile}: {len(todo)} runs", unit="cost",
-               disable=not progress, bar_format="{desc} {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}] {postfix}")
-    results = _ray(todo, workers, address) if executor == "ray" else _pool(todo, workers)
-    try:
-        for kind, config, record, seconds in results:
-            records.write(records.dense_path(config) if kind == "dense" else records.path(config), record)
-            done.append((kind, config, seconds))
-            bar.update(cost(config))
-            bar.set_postfix_str(f"{len(done)}/{len(todo)} done, last: {label(kind, config)} {seconds:.0f} s")
-    finally:
-        bar.close()
-    return done
-
-
 def label(kind: str, config: RunConfig) -> str:
     if kind == "dense":
         return f"{config.model} dense"
-    sweep = ", ".join(f"{k} {getattr(config, k)}" for k in ("epochs", "n_calib", "self_gen", "extra_real"))
+    sweep = ", ".join(f"{k} {getattr(config, k)}" for k in ("epochs", "n_calib", "self_gen", "extra_real", "holdout"))
+    sweep += ", early stop" if config.early_stop else ""
     return f"{config.model} {config.criterion} {config.recon} seed {config.seed} ({sweep})"

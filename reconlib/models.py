@@ -192,3 +192,31 @@ def save_pruned(model, tokenizer, folder: str | Path, run_config: dict | None = 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return folder
+
+
+def local_stamp(model: str) -> str:
+    """'' for a model name or Hub id; for a local folder or file, a digest of its files' sizes and times,
+    so that a model saved again under the same path (`prune --out pruned/` twice) is not read as the old one."""
+    root = Path(model)
+    if not root.exists():
+        return ""
+    files = [root] if root.is_file() else sorted(f for f in root.rglob("*") if f.is_file())
+    blob = json.dumps([(str(f.relative_to(root.parent)), f.stat().st_size, f.stat().st_mtime_ns) for f in files])
+    return "-" + hashlib.sha256(blob.encode()).hexdigest()[:8]
+
+
+def model_id(model: str) -> str:
+    """What the model's weights are: an embedded model's converted folder is named by its GGUF's digest."""
+    return Path(resolve(model)).name if model in EMBEDDED else model + local_stamp(model)
+
+
+def skeleton(name_or_path: str):
+    """The model's modules with every tensor on the meta device: its shapes, read from its config alone (a
+    7B model costs no memory), for counting weights."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if name_or_path.startswith("tiny-"):  # a few MB: built for real
+        return tiny_model(name_or_path.removeprefix("tiny-"))
+    config = AutoConfig.from_pretrained(resolve(name_or_path))
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config)

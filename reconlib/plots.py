@@ -3,13 +3,12 @@ Error bars are one standard deviation over seeds."""
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from .findings import HEADERS
-
-SCHEME_ORDER = ["lr", "br", "br+gp", "br+gp+cr"]
-LABELS = {"lr": "LR", "br": "BR", "br+gp": "BR+GP", "br+gp+cr": "BR+GP+CR"}
+from .config import SCHEMES as SCHEME_ORDER
+from .findings import HEADERS, LABELS
 
 
 def _schemes(df: pd.DataFrame) -> pd.DataFrame:
@@ -30,10 +29,16 @@ def _done(grid):
 
 
 def block_error_curves(curves: pd.DataFrame):
-    """Per-block normalized error (log y), mean ± sd over seeds, one panel per model and criterion."""
-    grid = sns.relplot(_schemes(curves), x="block", y="error", hue="scheme", hue_order=[LABELS[s] for s in SCHEME_ORDER],
-                       row="model", col="criterion", kind="line", errorbar="sd", height=2.6, aspect=1.2,
+    """Per-block normalized error (log y), one thin line per seed and the geometric mean over seeds thick, one
+    panel per model and criterion: on a log axis a mean ± sd band runs off the plot where seeds spread by 10×."""
+    d, order = _schemes(curves), [LABELS[s] for s in SCHEME_ORDER]
+    grid = sns.relplot(d, x="block", y="error", hue="scheme", hue_order=order, units="seed", estimator=None,
+                       row="model", col="criterion", kind="line", linewidth=0.5, alpha=0.4, height=2.6, aspect=1.2,
                        facet_kws={"sharey": "row", "sharex": "row"})
+    grid.map_dataframe(sns.lineplot, x="block", y="error", hue="scheme", hue_order=order, linewidth=1.6,
+                       estimator=lambda v: float(np.exp(np.log(v).mean())), errorbar=None)
+    for handle in grid.legend.legend_handles:  # the legend's lines as the thick means, not the faint seeds
+        handle.set(alpha=1.0, linewidth=1.6)
     grid.set(yscale="log")
     grid.set_titles("{row_name} · {col_name}")
     grid.set_axis_labels("block i", "error at block i")
@@ -68,3 +73,42 @@ def metric_vs(df: pd.DataFrame, x: str, metrics: list[str]):
     grid.set_titles("{row_name} · {col_name}")
     grid.set_axis_labels(x, "")
     return _done(grid)
+
+
+def unit_curves(curves: pd.DataFrame, title: str = ""):
+    """One run's units (`stopping.curves`): error on the trained and on the held-out windows against the epoch,
+    each unit relative to its own error before training, coloured by depth; a dot where each unit's held-out
+    error is lowest (where early stopping keeps it)."""
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2), sharey=True)
+    for ax, which, name in zip(axes, ("train", "heldout"), ("trained windows", "held-out windows")):
+        d = curves[curves.windows == which]
+        sns.lineplot(d, x="epoch", y="relative", hue="block", units="unit", estimator=None, palette="viridis",
+                     legend=ax is axes[-1], linewidth=0.9, ax=ax)
+        stops = d[d.epoch == d.stop]
+        ax.scatter(stops.epoch, stops.relative, s=12, color="black", zorder=3, label="lowest held-out")
+        ax.axhline(1, color="grey", linewidth=0.6, linestyle=":")
+        ax.set(yscale="log", title=name, xlabel="epoch (0 = before training)", ylabel="error ÷ error at epoch 0")
+    axes[-1].legend(title="block", fontsize=7, title_fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1))
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def gaps(df: pd.DataFrame):
+    """Held-out ÷ trained error at each unit's last epoch against depth, mean ± sd over seeds, per setting."""
+    grid = sns.relplot(df, x="block", y="gap", hue="setting", style="recon", row="model", kind="line", errorbar="sd",
+                       height=2.8, aspect=2.0, facet_kws={"sharey": False})
+    grid.set(yscale="log")
+    grid.set_titles("{row_name}")
+    grid.set_axis_labels("last block of the unit", "held-out ÷ trained error")
+    return _done(grid)
+
+
+def empty(text: str):
+    """A figure that says why there is none yet (a glued figure must exist for the page to build)."""
+    fig, ax = plt.subplots(figsize=(6, 1))
+    ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=9)
+    ax.axis("off")
+    plt.close(fig)
+    return fig

@@ -1,6 +1,7 @@
 """The reconstruction engine (method.md §3): one driver for LR, BR, BR+GP and BR+GP+CR.
 
 A scheme is a schedule of units (one block, or two adjacent blocks for CR) plus a choice of target:
+
 - every block gets its masks from the criterion, on sparse-stream statistics, just before its first unit;
 - LR stops there (epochs = 0); BR trains the unit's blocks by Adam towards g(w̄; x_sparse), BR+GP
   towards g(w̄; x_dense), the true dense activation at that depth;
@@ -10,21 +11,16 @@ A scheme is a schedule of units (one block, or two adjacent blocks for CR) plus 
 from __future__ import annotations
 
 import copy
-import ctypes
-import functools
-import math
-import os
 import shutil
-import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from . import arch, criteria, sparsegpt
+from . import arch, checkpoints, criteria, memory, sparsegpt
+from .training import train
 from .config import RunConfig
 from .streams import Streams, autocast, on, run
 from .streams import store_folder as streams_store
@@ -32,14 +28,17 @@ from .streams import store_folder as streams_store
 
 @dataclass
 class Result:
-    block_error: list[float]                    # calibration error after each block (method.md §4)
-    block_error_from1: list[float]              # the same without position 0 (massive activations)
-    test_block_error: dict[str, list[float]]    # the same on held-out windows, per test set
-    layer_sparsity: dict[str, float]            # "i.name" → achieved fraction of zeros
-    sparsity: float                             # over all pruned layers
-    unit_loss: list[float]                      # last-epoch training loss per unit (empty for LR)
-    seconds: float
-    peak_memory_mb: float
+    block_error: list[float] = field(default_factory=list)        # calibration error after each block (method.md §4)
+    block_error_from1: list[float] = field(default_factory=list)  # the same without position 0 (massive activations)
+    test_block_error: dict[str, list[float]] = field(default_factory=dict)  # the same on test windows, per test set
+    holdout_block_error: list[float] = field(default_factory=list)  # the same on the held-out calibration windows
+    layer_sparsity: dict[str, float] = field(default_factory=dict)  # "i.name" → achieved fraction of zeros
+    sparsity: float = 0.0                                         # over all pruned layers
+    unit_loss: list[float] = field(default_factory=list)          # last-epoch training loss per unit (empty for LR)
+    unit_curves: list[dict] = field(default_factory=list)  # per unit with holdout: train / held-out error per epoch
+    seconds: float = 0.0
+    monitor_seconds: float = 0.0                                  # of which measuring the curves
+    peak_memory_mb: float = 0.0
     masks: dict = field(default_factory=dict, repr=False)  # i → {name: bool mask (True = kept)}
 
     @property
@@ -55,21 +54,6 @@ def schedule(scheme: str, L: int) -> list[tuple[int, ...]]:
         raise ValueError(f"cross-block reconstruction (br+gp+cr) needs at least two blocks, the model has {L}: "
                          "use br+gp")
     return [(0,)] + [(t, t + 1) for t in range(L - 1)] + [(L - 1,)]
-
-
-AUTOCAST = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": None}
-
-
-def device_of(config: RunConfig) -> tuple[torch.device, torch.dtype | None]:
-    """The device, and the autocast dtype of the blocks' forward and backward (None: plain fp32). `auto` is bf16
-    on a GPU and fp32 on a CPU, where bf16 matmuls are ~100× slower without AMX; an explicit dtype is honoured on
-    either. The blocks' parameters, Adam's state and the streams stay fp32 whatever the dtype."""
-    name = config.device
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    dtype = ("bfloat16" if device.type == "cuda" else "float32") if config.dtype == "auto" else config.dtype
-    return device, AUTOCAST[dtype]
 
 
 def choose_masks(block, x_in: torch.Tensor, kwargs: dict, config: RunConfig, device,
@@ -119,74 +103,105 @@ def choose_masks(block, x_in: torch.Tensor, kwargs: dict, config: RunConfig, dev
     return masks, x_out
 
 
-def train(unit_blocks, masks: list[dict], x_sparse, target, kwargs: list[dict], config: RunConfig, device, amp,
-          seed: int) -> float:
-    """Adam on every parameter of the unit's blocks towards `target`, the forward using m ⊙ w.
+@dataclass
+class Pass:
+    """One pruning pass in flight: the blocks, the streams that walk them, and what is recorded so far. The
+    streams hold the inputs of block `pos`; every block before it is final."""
+    layers: list
+    config: RunConfig
+    device: torch.device
+    amp: torch.dtype | None
+    kwargs: list[dict]      # each block's recorded keyword arguments (arch.capture)
+    calib: Streams          # the n_real calibration windows, then the extra (self-generated or more real) ones
+    n_real: int
+    test: dict              # test set → Streams
+    holdout: Streams | None
+    result: Result
+    blocks: object = None   # a lazy.Blocks: blocks read before their first unit, written once final
+    dense: dict = field(default_factory=dict)  # i → w̄_i, a copy kept until the streams pass block i
+    lr_outputs: dict = field(default_factory=dict)  # i → x_{i+1}, from the forward that chose block i's masks (LR)
+    pos: int = 0
 
-    Masking the gradient is the same as differentiating through m ⊙ w; Adam then never moves a pruned
-    entry (zero gradient, zero moments, zero step), so pruned weights stay exactly zero. method.md §3:
-    lr decays linearly to 0, betas (0.9, 0.95), no weight decay, no clipping, reshuffle every epoch.
-    Under fp16 autocast the loss is scaled (GradScaler, fp32 master weights): the gradient of a mean squared
-    error over ~10⁵ elements is small enough to flush to zero in fp16, and a step on zero gradients would
-    "succeed" without moving anything. bf16 has fp32's range and needs no scaling.
-    """
-    params = [p for b in unit_blocks for p in b.parameters()]
-    for p in params:
-        p.requires_grad_(True)
-    handles = []
-    for block, block_masks in zip(unit_blocks, masks):
-        for name, layer in arch.linears(block).items():
-            m = block_masks[name].to(device)
-            handles.append(layer.weight.register_hook(lambda g, m=m: g * m))
-    opt = torch.optim.Adam(params, lr=config.lr, betas=(0.9, 0.95), weight_decay=0.0)
-    n, bs = x_sparse.shape[0], config.batch_size
-    total = config.train_epochs * math.ceil(n / bs)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1 - step / total)
-    gen = torch.Generator().manual_seed(seed)
-    kwargs = [arch.to(kw, device) for kw in kwargs]
-    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
-    try:
-        for _ in range(config.train_epochs):
-            perm, epoch_loss = torch.randperm(n, generator=gen), 0.0
-            for start in range(0, n, bs):
-                idx = perm[start:start + bs]
-                h, y_dense = x_sparse[idx].to(device), target[idx].to(device)
-                with autocast(device, amp):
-                    for block, kw in zip(unit_blocks, kwargs):
-                        h = arch.run_block(block, h, kw)
-                loss = F.mse_loss(h.float(), y_dense)
-                opt.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(opt)  # unscales first; skips the step (and lowers the scale) on an inf or nan
-                scaler.update()
-                sched.step()
-                epoch_loss += loss.item() * len(idx)
-    finally:
-        for h in handles:
-            h.remove()
-        for p in params:
-            p.requires_grad_(False)
-    with torch.no_grad():
-        for block, block_masks in zip(unit_blocks, masks):
-            for name, layer in arch.linears(block).items():
-                layer.weight.mul_(block_masks[name].to(device))
-    return epoch_loss / n
+    @property
+    def streams(self) -> dict:
+        return {"calib": self.calib, **{f"test.{k}": v for k, v in self.test.items()},
+                **({"holdout": self.holdout} if self.holdout else {})}
 
+    def _stream_args(self) -> tuple:
+        return self.dense, self.kwargs, self.device, self.config.batch_size, self.amp
 
-CHECKPOINT_EVERY = 120.0  # seconds between checkpoints (at unit boundaries); a 7B unit takes minutes
+    def advance(self) -> None:
+        """Move every stream past block `pos`, recording its errors; the block is final from here on."""
+        i, result = self.pos, self.result
+        error, error_from1 = self.calib.advance(self.layers[i], *self._stream_args(), n_error=self.n_real,
+                                                x_next=self.lr_outputs.pop(i, None))
+        result.block_error.append(error)
+        result.block_error_from1.append(error_from1)
+        for name, s in self.test.items():
+            result.test_block_error[name].append(s.advance(self.layers[i], *self._stream_args())[0])
+        if self.holdout:
+            result.holdout_block_error.append(self.holdout.advance(self.layers[i], *self._stream_args())[0])
+        del self.dense[i]
+        for name, layer in arch.linears(self.layers[i]).items():
+            result.layer_sparsity[f"{i}.{name}"] = (layer.weight == 0).sum().item() / layer.weight.numel()
+        if self.blocks is not None:  # written out: its zeros are its mask, and a 7B model's masks alone are 6.5 GB
+            self.blocks.done(i)
+            result.masks[i] = {}
+        self.pos = i + 1
+
+    def target(self, s: Streams, unit: tuple) -> torch.Tensor:
+        """What the unit is trained to output on the windows of `s`."""
+        if "gp" in self.config.recon:  # g(w̄; x̄): the dense stream at the unit's end
+            return s.x_dense(unit[-1] + 1, *self._stream_args())
+        dense = [self.dense[i] for i in unit]
+        with on(self.device, *dense):  # g(w̄; x): the dense unit on the sparse stream
+            return run(dense, s.x_sparse, [self.kwargs[i] for i in unit], self.device, self.config.batch_size, self.amp)
+
+    def unit(self, t: int, unit: tuple) -> float | None:
+        """Unit t: masks for its blocks not yet pruned, then (BR and after) Adam → the last epoch's loss."""
+        config, result, kwargs = self.config, self.result, self.kwargs
+        unit_blocks = [self.layers[i] for i in unit]
+        for i in unit:
+            if self.blocks is not None and i not in result.masks:
+                self.blocks.load(i)  # read from its shards before it visits the device
+        with on(self.device, *unit_blocks):
+            for j, i in enumerate(unit):
+                if i in result.masks:
+                    continue
+                self.dense[i] = copy.deepcopy(self.layers[i])
+                # the sparse-stream input of block i: through the unit's earlier (already pruned) blocks
+                x_in = run(unit_blocks[:j], self.calib.x_sparse[:self.n_real], [kwargs[k] for k in unit[:j]],
+                           self.device, config.batch_size, self.amp)
+                result.masks[i], x_out = choose_masks(self.layers[i], x_in, kwargs[i], config, self.device, self.amp)
+                if x_out is not None and not config.train_epochs and len(x_out) == len(self.calib.x_sparse):
+                    self.lr_outputs[i] = x_out  # LR leaves the block as that forward saw it
+            if not config.train_epochs:
+                return None
+            heldout = (self.holdout.x_sparse, self.target(self.holdout, unit)) if self.holdout else None
+            loss, curve = train(unit_blocks, [result.masks[i] for i in unit], self.calib.x_sparse,
+                                self.target(self.calib, unit), [kwargs[i] for i in unit], config, self.device,
+                                self.amp, seed=config.seed * 100003 + t, heldout=heldout)
+        result.unit_loss.append(loss)
+        if curve:
+            result.monitor_seconds += curve.pop("seconds")
+            result.unit_curves.append({"blocks": list(unit), **curve})
+        return loss
 
 
 def prune(model, config: RunConfig, calib: torch.Tensor, test: dict[str, torch.Tensor] | None = None,
-          extra: torch.Tensor | None = None, progress: bool = True, store: Path | None = None,
-          model_id: str | None = None, checkpoint: Path | None = None, blocks=None) -> Result:
+          extra: torch.Tensor | None = None, *, holdout: torch.Tensor | None = None, progress: bool = True,
+          store: Path | None = None, model_id: str | None = None, checkpoint: Path | None = None,
+          blocks=None) -> Result:
     """Prune and reconstruct `model` in place, block by block (method.md §1–4).
 
     calib: (n, T) real calibration windows; they alone feed the mask statistics and the reported error.
     extra: (k, T) self-generated windows, added to the real ones for reconstruction only (method.md §5).
-    test: {name: (W, T)} held-out windows, propagated through both models for the test error.
+    test: {name: (W, T)} test windows, propagated through both models for the test error.
+    holdout: (h, T) held-out calibration windows, never trained on: propagated like the test windows, and each
+    trained unit's error on them is measured every epoch (`train`), to stop it early with config.early_stop.
     store, model_id: a folder where the dense stream of these windows through the model called `model_id` is
     kept for later runs (streams.py); the numbers are the same with and without it.
-    checkpoint: a folder for this run's state at unit boundaries (every CHECKPOINT_EVERY seconds): the same
+    checkpoint: a folder for this run's state at unit boundaries (every checkpoint.EVERY seconds): the same
     call after a kill resumes there and ends with the same numbers, bit for bit; removed when the run ends.
     blocks: a lazy.Blocks, for a model whose blocks are on the meta device: each is read before its first unit
     and written out (then dropped) once the streams have passed it.
@@ -195,103 +210,55 @@ def prune(model, config: RunConfig, calib: torch.Tensor, test: dict[str, torch.T
         raise ValueError("a block-by-block run writes its blocks as it goes and cannot resume from a checkpoint: "
                          "pass one of blocks and checkpoint")
     start_time = time.perf_counter()
-    device, amp = device_of(config)
-    keep_freed_memory()
+    device, amp = config.placement
+    memory.keep_freed()
     layers = arch.blocks(model)
-    L = len(layers)
-    units = schedule(config.recon, L)
     _, _, group = config.pattern
     if group:
         for i, block in enumerate(layers):
             for name, layer in arch.linears(block).items():
                 criteria.check_group(layer.weight, group, f"block {i} {name}")
     model.requires_grad_(False)
-    reset_peak_memory(device)
+    memory.reset_peak(device)
     if len(calib) == 0:  # magnitude LR without data (config.validate allows no other): the weights alone
         return _prune_weights(layers, config, blocks, start_time, device)
-    n_real = calib.shape[0]
     ids = calib if extra is None or len(extra) == 0 else torch.cat([calib, extra])
     x, kwargs = arch.capture(model, ids, config.batch_size)
 
-    def streams(x, windows):
+    def streams(windows, x=None):
         folder = store and streams_store(store, model_id or config.model, windows, config.batch_size, device, amp)
-        return Streams(x, folder)
+        return Streams(arch.capture(model, windows, config.batch_size)[0] if x is None else x, folder)
 
-    calib_streams = streams(x, ids)
-    test_streams = {name: streams(arch.capture(model, w, config.batch_size)[0], w) for name, w in (test or {}).items()}
-    result = Result([], [], {name: [] for name in test_streams}, {}, 0.0, [], 0.0, 0.0)
-    dense = {}  # i → w̄_i, a copy kept until the streams pass block i
-    pos = 0     # the streams hold the inputs of block `pos`
-    args = (dense, kwargs, device, config.batch_size, amp)
-    all_streams = {"calib": calib_streams, **{f"test.{k}": v for k, v in test_streams.items()}}
-    first, pos, saved = _resume(checkpoint, layers, dense, all_streams, result) if checkpoint else (0, 0, 0.0)
-    start_time -= saved
+    test = {name: streams(w) for name, w in (test or {}).items()}
+    state = Pass(layers, config, device, amp, kwargs, calib=streams(ids, x), n_real=len(calib), test=test,
+                 holdout=streams(holdout) if holdout is not None and len(holdout) else None,
+                 result=Result(test_block_error={name: [] for name in test}), blocks=blocks)
+    resume_at, elapsed = checkpoints.resume(checkpoint, state) if checkpoint else (0, 0.0)
+    start_time -= elapsed
     last_save = time.perf_counter()
-
-    ready = {}  # i → x_{i+1}, from the forward that chose block i's masks (sequential LR)
-
-    def advance():
-        nonlocal pos
-        error, error_from1 = calib_streams.advance(layers[pos], *args, n_error=n_real, x_next=ready.pop(pos, None))
-        result.block_error.append(error)
-        result.block_error_from1.append(error_from1)
-        for name, s in test_streams.items():
-            result.test_block_error[name].append(s.advance(layers[pos], *args)[0])
-        del dense[pos]
-        for name, layer in arch.linears(layers[pos]).items():  # block pos is final now
-            result.layer_sparsity[f"{pos}.{name}"] = (layer.weight == 0).sum().item() / layer.weight.numel()
-        if blocks is not None:  # written out: its zeros are its mask, and a 7B model's masks alone are 6.5 GB
-            blocks.done(pos)
-            result.masks[pos] = {}
-        pos += 1
-
+    units = schedule(config.recon, len(layers))
     bar = tqdm(units, desc=f"{config.criterion} {config.sparsity} {config.recon}", disable=not progress,
-               initial=first)
-    for t, unit in enumerate(units[first:], start=first):
-        while pos < unit[0]:
-            advance()
-        if checkpoint and t > first and time.perf_counter() - last_save >= CHECKPOINT_EVERY:
-            _save(checkpoint, t, pos, layers, dense, all_streams, result, time.perf_counter() - start_time)
+               initial=resume_at)
+    for t, unit in enumerate(units[resume_at:], start=resume_at):
+        while state.pos < unit[0]:
+            state.advance()
+        if checkpoint and t > resume_at and time.perf_counter() - last_save >= checkpoints.EVERY:
+            checkpoints.save(checkpoint, state, t, time.perf_counter() - start_time)
             last_save = time.perf_counter()
-        unit_blocks = [layers[i] for i in unit]
-        for i in unit:
-            if blocks is not None and i not in result.masks:
-                blocks.load(i)  # read from its shards before it visits the device
-        with on(device, *unit_blocks):
-            for j, i in enumerate(unit):
-                if i in result.masks:
-                    continue
-                dense[i] = copy.deepcopy(layers[i])
-                # the sparse-stream input of block i: through the unit's earlier (already pruned) blocks
-                x_in = run(unit_blocks[:j], calib_streams.x_sparse[:n_real], [kwargs[k] for k in unit[:j]],
-                           device, config.batch_size, amp)
-                result.masks[i], x_out = choose_masks(layers[i], x_in, kwargs[i], config, device, amp)
-                if x_out is not None and not config.train_epochs and len(x_out) == len(calib_streams.x_sparse):
-                    ready[i] = x_out  # LR leaves the block as that forward saw it
-            if config.train_epochs:
-                if "gp" in config.recon:  # g(w̄; x̄): the dense stream at the unit's end
-                    target = calib_streams.x_dense(unit[-1] + 1, *args)
-                else:                     # g(w̄; x): the dense unit on the sparse stream
-                    with on(device, *(dense[i] for i in unit)):
-                        target = run([dense[i] for i in unit], calib_streams.x_sparse, [kwargs[i] for i in unit],
-                                     device, config.batch_size, amp)
-                loss = train(unit_blocks, [result.masks[i] for i in unit], calib_streams.x_sparse, target,
-                             [kwargs[i] for i in unit], config, device, amp, seed=config.seed * 100003 + t)
-                result.unit_loss.append(loss)
-                bar.set_postfix(loss=f"{loss:.3g}")
+        if (loss := state.unit(t, unit)) is not None:
+            bar.set_postfix(loss=f"{loss:.3g}")
         bar.update()
     bar.close()
-    while pos < L:
-        advance()
+    while state.pos < len(layers):
+        state.advance()
     if checkpoint:
         shutil.rmtree(checkpoint, ignore_errors=True)
-
-    return _finish(result, layers, start_time, device)
+    return _finish(state.result, layers, start_time, device)
 
 
 def _prune_weights(layers, config: RunConfig, blocks, start_time: float, device) -> Result:
     """Magnitude LR without calibration windows: no forward at all, and so no error curve."""
-    result = Result([], [], {}, {}, 0.0, [], 0.0, 0.0)
+    result = Result()
     for i, block in enumerate(layers):
         if blocks is not None:
             blocks.load(i)
@@ -311,86 +278,5 @@ def _finish(result: Result, layers, start_time: float, device) -> Result:
     result.sparsity = sum(round(result.layer_sparsity[k] * n) for k, n in sizes.items()) / sum(sizes.values())
     result.masks = {i: {k: v.cpu() for k, v in m.items()} for i, m in result.masks.items()}
     result.seconds = time.perf_counter() - start_time
-    result.peak_memory_mb = peak_memory_mb(device)
+    result.peak_memory_mb = memory.peak_mb(device)
     return result
-
-
-def _save(folder: Path, t: int, pos: int, layers, dense: dict, streams: dict, result: Result, elapsed: float):
-    """The run's state before unit t: blocks the streams have passed are final and written once each; the rest
-    (blocks in flight, their dense copies, the streams, the results so far) is rewritten each time."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(pos):
-        if not (folder / f"block{i}.pt").is_file():
-            _atomic_save(layers[i].state_dict(), folder / f"block{i}.pt")
-    state = {"t": t, "pos": pos, "elapsed": elapsed, "result": result.__dict__,
-             "blocks": {i: layers[i].state_dict() for i in result.masks if i >= pos},
-             "dense": {i: b.state_dict() for i, b in dense.items()},
-             "streams": {k: (s.x_sparse, s.dense, s.pos) for k, s in streams.items()}}
-    _atomic_save(state, folder / "state.pt")
-
-
-def _resume(folder: Path, layers, dense: dict, streams: dict, result: Result) -> tuple[int, int, float]:
-    """Load what _save wrote (nothing there: start at unit 0) → (first unit, stream position, seconds spent)."""
-    if not (folder / "state.pt").is_file():
-        return 0, 0, 0.0
-    state = torch.load(folder / "state.pt", weights_only=False)
-    for i in range(state["pos"]):
-        layers[i].load_state_dict(torch.load(folder / f"block{i}.pt"))
-    for i, sd in state["blocks"].items():
-        layers[i].load_state_dict(sd)
-    for i, sd in state["dense"].items():
-        dense[i] = copy.deepcopy(layers[i])
-        dense[i].load_state_dict(sd)
-    for k, (x_sparse, x_dense, pos) in state["streams"].items():
-        streams[k].x_sparse, streams[k].dense, streams[k].pos = x_sparse, x_dense, pos
-    result.__dict__.update(state["result"])
-    return state["t"], state["pos"], state["elapsed"]
-
-
-def _atomic_save(obj, file: Path) -> None:
-    part = file.with_suffix(".part")
-    torch.save(obj, part)
-    os.replace(part, file)
-
-
-@functools.cache
-def keep_freed_memory() -> bool:
-    """Ask glibc to keep freed memory for reuse instead of handing it back to the kernel (once per process).
-
-    Every stream batch, block output and activation here is tens to hundreds of MB, above glibc's largest mmap
-    threshold (32 MB): by default each is a fresh mmap, faulted in page by page and unmapped on free. On 2
-    threads that fault churn cost a sequential LR run of SmolLM2 over a quarter of its wall time (41.9 → 30.6 s,
-    mostly system time). Heap memory instead is reused; the price is that the process keeps its peak RSS until it
-    exits, or until reset_peak_memory trims it. A no-op off glibc (macOS, musl): returns whether it took effect.
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
-        return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
-    except (OSError, AttributeError):
-        return False
-
-
-def reset_peak_memory(device: torch.device) -> None:
-    """Start a fresh peak: CUDA's counter, or on Linux the process's RSS high-water mark, so that a run
-    inside a long-lived notebook kernel reports its own peak rather than the kernel's."""
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        return
-    if keep_freed_memory():  # hand back what earlier runs freed and keep_freed_memory kept, so it is not counted
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # 5 = reset VmHWM to the current RSS (Linux ≥ 4.0)
-    except OSError:
-        pass
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    """CUDA: peak allocated; CPU: the process's peak RSS since reset_peak_memory (or since it started)."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    try:
-        status = Path("/proc/self/status").read_text()
-        return next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")) / 1024
-    except (OSError, StopIteration):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -5,7 +5,8 @@ import time
 
 import pandas as pd
 
-from . import findings, grid, records, stats, verify
+from . import findings, grid, provenance, records, stats, stopping, verify
+from . import paper as paper_
 from .config import SCHEMES
 
 
@@ -13,7 +14,7 @@ def verdicts(profile: str) -> pd.DataFrame:
     """finding × model → verdict, the part that decides it (mean change, 95% CI, p) and n."""
     rows = []
     for model in grid.grid(profile).models:
-        for v in findings.verdicts(profile, model):
+        for v in findings.verdicts(profile, model) + stopping.verdicts(profile, model):
             n = sorted({p.test.n for p in v["tests"].values()})
             rows.append({"finding": v["finding"].split(" ", 1)[0].rstrip("."), "model": model, "verdict": v["verdict"],
                          "deciding part: change [95% CI], p": findings.deciding(v),
@@ -116,7 +117,8 @@ def cost_markdown(profile: str = "cpu") -> str:
     out = findings.spread(clean, ["model", "recon"], ["minutes", "peak_memory_mb"]).reset_index()
     left = out_.assign(run=out_.model + " " + out_.criterion + " " + out_.recon.map(findings.LABELS) + " seed "
                        + out_.seed.astype(str), minutes=(out_.seconds / 60).round(1))[["run", "minutes", "why"]]
-    paper = "LLaMA-7B, SparseGPT, batch 8, peak GPU memory (paper Table 6): LR 3.9 GB, BR 5.7, BR+GP 5.7, BR+GP+CR 10.6."
+    paper = "LLaMA-7B, SparseGPT, batch 8, peak GPU memory (paper Table 6): " + ", ".join(
+        f"{findings.LABELS[r]} {paper_.lookup('llama-7b', 'sparsegpt', r, 'peak_memory_gb'):g} GB" for r in SCHEMES) + "."
     return (f"Minutes of pruning (the reconstruction, not the evaluation) and the process's peak resident memory "
             f"(MB), mean ± sd over criteria and seeds, on the machine that wrote the records. The grid ran two runs "
             f"side by side, one thread each: read the minutes as uncertain by tens of percent (the README's speed "
@@ -131,7 +133,7 @@ def verify_markdown(rows: list[dict]) -> str:
     def cpu(m: dict) -> str:
         return f"{m['cpu_model']}, {m['cpu_capability']}" if "cpu_capability" in m else "not recorded"
 
-    here = records.machine()
+    here = provenance.machine()
     table = pd.DataFrame([{
         "record": r["record"][:8], "run": f"{r['config']['model']} {r['config']['criterion']} "
         f"{findings.LABELS[r['config']['recon']]} s{r['config']['seed']}",
@@ -142,7 +144,7 @@ def verify_markdown(rows: list[dict]) -> str:
     flips = [r for r in rows if r["flipped"] is not None]
     switched = "".join(f", {k}={v}" for k, v in here["isa_variables"].items())
     return (f"Recomputed on {cpu(here)}{switched} ({here['blas'].split(' Version')[0]}, torch "
-            f"{records.environment()['versions']['torch']}, {here['threads']} threads) while the book was built: "
+            f"{provenance.environment()['versions']['torch']}, {here['threads']} threads) while the book was built: "
             f"{len(rows)} record(s), and every record's digest checked. *same kernels*: the record names this CPU, "
             f"ISA, BLAS and versions, so every number must agree to a relative {verify.SAME_KERNELS:g}. *same numbers*: "
             f"the record names other kernels or none, and every number agrees to that tolerance all the same. *other kernels*: each "
@@ -162,7 +164,7 @@ def audit_markdown(rows: list[dict]) -> str:
         "largest rel. diff.": f"{r['worst']:.2g}", "band there": f"{r['band']:.2g}",
         "worst number": r["worst_number"], "verdict": "fails" if r["failures"] or r["flipped"] else "agrees"}
         for r in rows])
-    here = records.machine()
+    here = provenance.machine()
     return ("# Code versions, audited\n\nThe store's records were written by several versions of reconlib's source "
             "(`source_digest`, a hash of the library's files). So that a verdict never compares two runs that "
             "differ by code rather than by the step it reads, `python -m reconlib records audit` (`make audit`) "

@@ -19,14 +19,13 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
+from . import atomic
 from .models import cache_dir, needs_bos
 
 PREFIX = 5  # the random first token and its 4 greedy successors
@@ -143,18 +142,6 @@ def _path(model_name, n, seq_len, seed, text_len, suffix) -> Path:
     return cache_dir() / "selfgen" / f"{name}-n{n}-seq{seq_len}-text{text_len}-seed{seed}{suffix}"
 
 
-def _write_atomic(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, part = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".part-")
-    os.close(fd)
-    try:
-        write(part)
-        os.replace(part, path)
-    except BaseException:
-        os.unlink(part)
-        raise
-
-
 def self_generated(model, tokenizer, n, seq_len, seed=0, text_len=2048, cache=True, model_name=None,
                    is_english=None) -> torch.LongTensor:
     """`n` calibration windows (n, seq_len) cut from self-generated texts, one per text (method.md §5).
@@ -183,9 +170,9 @@ def self_generated(model, tokenizer, n, seq_len, seed=0, text_len=2048, cache=Tr
         if cache:  # texts first: the .pt file's presence means both are complete
             record = {"model": key[0], "n": n, "seq_len": seq_len, "text_len": text_len, "seed": seed,
                       "texts": tokenizer.batch_decode([t.tolist() for t in texts])}
-            _write_atomic(_path(*key, ".json"), lambda f: Path(f).write_text(json.dumps(record)))
+            atomic.write(_path(*key, ".json"), lambda f: Path(f).write_text(json.dumps(record)))
             saved = {"tokens": torch.cat(texts), "lengths": torch.tensor([len(t) for t in texts])}
-            _write_atomic(tokens_file, lambda f: torch.save(saved, f))
+            atomic.write(tokens_file, lambda f: torch.save(saved, f))
     generator = torch.Generator().manual_seed(seed)
     windows = []
     for text in texts:

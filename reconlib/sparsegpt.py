@@ -60,32 +60,32 @@ def solve(W: torch.Tensor, H: torch.Tensor, ratio: float, n_keep: int = 0, group
     mask = torch.ones_like(W, dtype=torch.bool)
     losses = torch.zeros(d_out, device=W.device)
 
-    # Columns of W are rows here (W1 is a transposed block), so the per-column sweep touches contiguous
-    # memory and costs two kernels a column: err = (w · pruned) / [H⁻¹]_ii, then a rank-1 update.
-    for i1 in range(0, d_in, blocksize):
-        i2 = min(i1 + blocksize, d_in)
-        Hinv1 = H_inv[i1:i2, i1:i2]
-        d = torch.diag(Hinv1)[:, None]                      # (width, 1)
-        W1 = W[:, i1:i2].T.contiguous()                     # (width, d_out)
-        Err1 = torch.zeros_like(W1)
+    # W_block holds a block of W's columns as rows, so the per-column sweep touches contiguous memory and costs
+    # two kernels a column: err = (w · pruned) / [H⁻¹]_ii, then a rank-1 update.
+    for start in range(0, d_in, blocksize):
+        end = min(start + blocksize, d_in)
+        H_inv_block = H_inv[start:end, start:end]
+        d = torch.diag(H_inv_block)[:, None]       # (width, 1)
+        W_block = W[:, start:end].T.contiguous()    # (width, d_out)
+        err_block = torch.zeros_like(W_block)
         if group:
-            m1 = torch.ones_like(W1, dtype=torch.bool)
-            scale = torch.zeros_like(W1)
+            keep_block = torch.ones_like(W_block, dtype=torch.bool)
+            scale = torch.zeros_like(W_block)
         else:
             # A threshold, not a count: 4-bit weights tie often, and breaking ties by position would prune the
             # tied weights of the block's first columns and keep its last ones (4-7% more final error).
-            S = (W1 / d).pow(2)
-            m1 = S > S.flatten().kthvalue(int(S.numel() * ratio) + 1).values
-            scale = (~m1) / d                               # 1/[H⁻¹]_ii where pruned, else 0
-        for i in range(i2 - i1):
+            S = (W_block / d).pow(2)
+            keep_block = S > S.flatten().kthvalue(int(S.numel() * ratio) + 1).values
+            scale = (~keep_block) / d               # 1/[H⁻¹]_ii where pruned, else 0
+        for i in range(end - start):
             if group and i % group == 0:
-                S = (W1[i:i + group] / d[i:i + group]).pow(2)   # (M, d_out), from the weights as updated so far
-                m1[i:i + group].scatter_(0, S.topk(group - n_keep, dim=0, largest=False).indices, False)
-                scale[i:i + group] = (~m1[i:i + group]) / d[i:i + group]
-            torch.mul(W1[i], scale[i], out=Err1[i])
-            W1[i:].addr_(Hinv1[i, i:], Err1[i], alpha=-1)  # OBS: spread the error over the later columns
-        losses += Err1.pow(2).sum(0)
-        W[:, i1:i2] = (W1 * m1).T  # exact zeros: w − [H⁻¹]_ii · w/[H⁻¹]_ii can leave a rounding residue
-        mask[:, i1:i2] = m1.T
-        W[:, i2:].addmm_(Err1.T, H_inv[i1:i2, i2:], alpha=-1)
+                S = (W_block[i:i + group] / d[i:i + group]).pow(2)  # (M, d_out), the weights as updated so far
+                keep_block[i:i + group].scatter_(0, S.topk(group - n_keep, dim=0, largest=False).indices, False)
+                scale[i:i + group] = (~keep_block[i:i + group]) / d[i:i + group]
+            torch.mul(W_block[i], scale[i], out=err_block[i])
+            W_block[i:].addr_(H_inv_block[i, i:], err_block[i], alpha=-1)  # OBS: the error onto the later columns
+        losses += err_block.pow(2).sum(0)
+        W[:, start:end] = (W_block * keep_block).T  # exact zeros: w − [H⁻¹]_ii · w/[H⁻¹]_ii can leave a residue
+        mask[:, start:end] = keep_block.T
+        W[:, end:].addmm_(err_block.T, H_inv[start:end, end:], alpha=-1)
     return W, mask, losses.sum().item() / 2

@@ -11,13 +11,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from . import arch
+from . import arch, atomic
 from .evaluate import block_error
 
 
@@ -26,7 +25,7 @@ ISA_VARIABLES = ("ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS", "DNNL_MAX_CPU
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
-    """bf16/fp16 autocast on whatever device the run is (reconstruct.device_of chooses); None: plain fp32."""
+    """bf16/fp16 autocast on whatever device the run is (RunConfig.placement chooses); None: plain fp32."""
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
@@ -113,8 +112,4 @@ class Streams:
     def _save(self, i: int, x: torch.Tensor) -> None:
         if self.store is None:
             return
-        self.store.mkdir(parents=True, exist_ok=True)
-        fd, part = tempfile.mkstemp(dir=self.store, suffix=".part")  # atomic: grid workers share the store
-        os.close(fd)
-        torch.save(x, part)
-        os.replace(part, self.store / f"{i}.pt")
+        atomic.write(self.store / f"{i}.pt", lambda part: torch.save(x, part))  # grid workers share the store

@@ -2,6 +2,7 @@
 `records audit` (one record of each code version in the store).
 
 A recomputed record falls in one of three cases, and the report names which:
+
 1. **edited**: its digest no longer matches its content. Fails.
 2. **same kernels**: recomputed on a machine whose CPU, vector ISA, BLAS, oneDNN and library versions are the
    record's: every number must agree to SAME_KERNELS (measured: such a machine reproduces a record bit for
@@ -12,6 +13,7 @@ A recomputed record falls in one of three cases, and the report names which:
    band of each field is SPREAD times the largest relative difference a variant makes in it, at least FLOOR.
    Kernel rounding is amplified with depth by SmolLM2's massive activations and flips the odd near-tied mask
    entry, so another CPU's numbers differ by up to ~1.7%; a changed method moves them by more.
+
 Whatever the case, a finding's verdict that reads the record must not change sign (holds ↔ does not hold)
 when the recomputed record replaces the stored one.
 """
@@ -26,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import records
+from . import pipeline, provenance, records
 from .config import from_dict
 
 SAME_KERNELS = 1e-9  # relative; the same machine and versions give bit-equal numbers (measured: 0.0)
@@ -55,7 +57,7 @@ def variants() -> list[dict]:
     """The environments of the band's recomputations: MKL's other code paths, or torch's next ISA down."""
     import torch
 
-    if "Math Kernel Library" in records.machine()["blas"]:
+    if "Math Kernel Library" in provenance.machine()["blas"]:
         return [dict(v) for v in VARIANTS]
     lower = ATEN_LOWER.get(torch.backends.cpu.get_cpu_capability())
     return [{"ATEN_CPU_CAPABILITY": lower}] if lower else []
@@ -65,8 +67,8 @@ def recompute_under(config: dict, env: dict) -> dict:
     """The record of `config` computed in a subprocess with `env` on top of this one's."""
     with tempfile.TemporaryDirectory(prefix="reconlib-variant-") as tmp:
         out = Path(tmp) / "record.json"
-        code = ("import json, sys; from reconlib import records; from reconlib.config import from_dict; "
-                "r = records.compute(from_dict(json.loads(sys.argv[1])), progress=False, resumable=False); "
+        code = ("import json, sys; from reconlib import pipeline; from reconlib.config import from_dict; "
+                "r = pipeline.compute(from_dict(json.loads(sys.argv[1])), progress=False, resumable=False); "
                 "open(sys.argv[2], 'w').write(json.dumps(r))")
         done = subprocess.run([sys.executable, "-c", code, json.dumps(config), str(out)], env={**os.environ, **env},
                               capture_output=True, text=True)
@@ -88,12 +90,12 @@ def judge(stored: dict, fresh: dict, others: list[dict] | None = None) -> dict:
     """One recomputed record against its stored self. `others`: the variants' recomputations (case 3), whose
     differences from `fresh` give the band; None: the same kernels (case 2).
     → {case, numbers, worst (largest relative difference), band (there), worst_number, failures: [text]}."""
-    a = dict(records._numbers({k: stored.get(k) for k in records.RESULT_FIELDS}))
-    b = dict(records._numbers({k: fresh.get(k) for k in records.RESULT_FIELDS}))
+    a = dict(provenance.numbers({k: stored.get(k) for k in records.RESULT_FIELDS}))
+    b = dict(provenance.numbers({k: fresh.get(k) for k in records.RESULT_FIELDS}))
     failures = [f"{k}: only in one record" for k in sorted(set(a) ^ set(b))]
     band = {}
     for other in others or []:
-        c = dict(records._numbers({k: other.get(k) for k in records.RESULT_FIELDS}))
+        c = dict(provenance.numbers({k: other.get(k) for k in records.RESULT_FIELDS}))
         for k in set(b) & set(c):
             band[_field(k)] = max(band.get(_field(k), FLOOR), SPREAD * _relative(b[k], c[k]))
     judged = {}  # number → (relative difference, its band)
@@ -111,16 +113,17 @@ def judge(stored: dict, fresh: dict, others: list[dict] | None = None) -> dict:
 def flipped_verdicts(fresh: dict, profile: str) -> list[str] | None:
     """Parts of the findings whose verdict changes sign (holds ↔ does not hold) when `fresh` replaces the stored
     record; None when the record is not one the profile's findings read, or the model's store is incomplete."""
-    from . import findings, grid
+    from . import findings, grid, stopping
 
     model = fresh["config"]["model"]
     if model not in grid.grid(profile).models or fresh["key"] not in {c.key() for c in grid.runs(profile)}:
         return None
     if any(c.model == model for _, c in grid.missing(profile)):
         return None
-    before = findings.part_verdicts(profile, model)
+    every = lambda: findings.words(findings.verdicts(profile, model) + stopping.verdicts(profile, model))  # noqa: E731
+    before = every()
     with records.substituted(fresh):
-        after = findings.part_verdicts(profile, model)
+        after = every()
     opposite = {("holds", "does not hold"), ("does not hold", "holds")}
     return [f"{part}: {before[part]} → {after[part]}" for part in before if (before[part], after[part]) in opposite]
 
@@ -128,8 +131,8 @@ def flipped_verdicts(fresh: dict, profile: str) -> list[str] | None:
 def check(file: Path, stored: dict, profile: str, progress: bool = False) -> dict:
     """Recompute one stored record here and judge it (cases 2 and 3, and the verdicts that read it)."""
     started = time.perf_counter()
-    fresh = records.compute(from_dict(stored["config"]), progress=progress, resumable=False)
-    here = records.environment()
+    fresh = pipeline.compute(from_dict(stored["config"]), progress=progress, resumable=False)
+    here = provenance.environment()
     row = judge(stored, fresh)
     envs = []
     if kernels(stored) != kernels(here) and row["failures"]:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from reconlib import findings, grid, records, verify
+from reconlib import findings, grid, parallel, pipeline, records, verify
 
 
 def synthetic(recon_errors: dict[str, list[float]], criterion="sparsegpt", **columns):
@@ -67,13 +67,13 @@ def test_self_generated_verdicts_compare_with_each_control():
 def test_the_smoke_grid_is_computed_resumed_and_verified(monkeypatch):
     todo = grid.missing("smoke")
     assert len(todo) == len(grid.runs("smoke")) + len(grid.dense_runs("smoke"))
-    grid.compute("smoke", workers=2, progress=False)  # two processes, one thread each
+    parallel.compute("smoke", workers=2, progress=False)  # two processes, one thread each
     assert grid.missing("smoke") == []
     victim = records.path(grid.cell("smoke", seed=1, criterion="wanda", recon="br"))
     kept = {f: f.stat().st_mtime_ns for f in records.results_dir().glob("*.json") if f != victim}
     victim.unlink()
     assert [c.key() for _, c in grid.missing("smoke")] == [victim.stem]
-    grid.compute("smoke", workers=1, progress=False)
+    parallel.compute("smoke", workers=1, progress=False)
     assert victim.is_file()  # recomputed, and nothing else rewritten
     assert {f: f.stat().st_mtime_ns for f in kept} == kept
 
@@ -202,7 +202,7 @@ def test_the_book_reads_the_store_as_it_is_and_computes_nothing(monkeypatch):
     configs = grid.error_reduction_cells("smoke", "tiny-llama")[:2]
     records.run(configs[0], progress=False)
     monkeypatch.setenv("RECONLIB_COMPUTE", "0")
-    monkeypatch.setattr(records, "compute", lambda *a, **k: pytest.fail("a missing run was computed"))
+    monkeypatch.setattr(pipeline, "compute", lambda *a, **k: pytest.fail("a missing run was computed"))
     df = findings.table(configs, "smoke")
     assert list(df.seed) == [configs[0].seed] and list(df.recon) == [configs[0].recon]
     monkeypatch.delenv("RECONLIB_COMPUTE")

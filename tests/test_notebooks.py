@@ -18,7 +18,7 @@ def code_cells(nb_path):
 
 def test_the_four_notebooks_exist():
     assert [p.stem for p in NOTEBOOKS] == ["00_quickstart", "01_error_reduction", "02_overfitting_tradeoff",
-                                           "03_self_generated_calibration"]
+                                           "03_self_generated_calibration", "04_early_stopping"]
 
 
 @pytest.mark.parametrize("nb_path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -63,7 +63,11 @@ def test_unknown_parameter_is_refused(tmp_path):
 INJECT = {"model": "tiny-opt", "criterion": "wanda", "sparsity": "2:4", "recon": "br", "calib": "wikitext2", "n_calib": 6,
           "seq_len": 16, "self_gen": 2, "extra_real": 2, "epochs": 3, "lr": 5e-4, "batch_size": 1, "seed": 3,
           "ppl": ("wikitext2",), "test_error": ("ptb",), "n_test": 1, "max_eval_windows": 1, "zeroshot": ("rte",),
-          "zeroshot_limit": 3, "device": "cpu", "dtype": "float32", "sequential": True}
+          "zeroshot_limit": 3, "device": "cpu", "dtype": "float32", "sequential": True, "holdout": 2, "early_stop": True}
+
+
+# fields that are only valid beside another: injected together
+COMPANIONS = {"early_stop": {"holdout": 2}}
 
 
 def test_every_field_has_an_injected_value():
@@ -88,7 +92,7 @@ def read_configs(nb_path, **params) -> list:
 def test_an_injected_field_changes_what_the_notebook_reads_or_is_refused(nb_path, field):
     value = INJECT[field]
     try:
-        configs = read_configs(nb_path, **{field: value})
+        configs = read_configs(nb_path, **{field: value, **COMPANIONS.get(field, {})})
     except ValueError as e:
         assert f"'{field}'" in str(e) and "accepts" in str(e)  # refused, by name, with what it accepts
         return

@@ -3,7 +3,7 @@ dtype on any device; float16 trains with loss scaling; float32 means no autocast
 import pytest
 import torch
 
-from reconlib import arch, criteria, models, records, reconstruct
+from reconlib import arch, criteria, models, pipeline, reconstruct
 from reconlib.config import profile
 
 SMOKE = dict(recon="br+gp+cr", criterion="sparsegpt")
@@ -11,15 +11,15 @@ SMOKE = dict(recon="br+gp+cr", criterion="sparsegpt")
 
 @pytest.fixture(scope="module")
 def fp32():
-    return records.compute(profile("smoke", **SMOKE, dtype="float32"), progress=False, resumable=False)
+    return pipeline.compute(profile("smoke", **SMOKE, dtype="float32"), progress=False, resumable=False)
 
 
 def test_auto_is_fp32_on_a_cpu_and_float32_means_no_autocast():
     cpu = torch.device("cpu")
     for dtype in ("auto", "float32"):
-        assert reconstruct.device_of(profile("smoke", dtype=dtype)) == (cpu, None)
-    assert reconstruct.device_of(profile("smoke", dtype="bfloat16"))[1] == torch.bfloat16
-    assert reconstruct.device_of(profile("smoke", dtype="float16"))[1] == torch.float16
+        assert profile("smoke", dtype=dtype).placement == (cpu, None)
+    assert profile("smoke", dtype="bfloat16").placement[1] == torch.bfloat16
+    assert profile("smoke", dtype="float16").placement[1] == torch.float16
     # auto keeps every record's key: the field is absent from no key, and its default is the same
     assert profile("smoke").key() == profile("smoke", dtype="auto").key() != profile("smoke", dtype="float32").key()
 
@@ -35,7 +35,7 @@ def test_mixed_precision_runs_end_to_end_close_to_fp32_but_not_equal(fp32, dtype
         return out
 
     monkeypatch.setattr(torch.nn.Linear, "forward", watch)
-    record = records.compute(profile("smoke", **SMOKE, dtype=dtype), progress=False, resumable=False)
+    record = pipeline.compute(profile("smoke", **SMOKE, dtype=dtype), progress=False, resumable=False)
     assert getattr(torch, dtype) in seen  # autocast really ran
     assert record["sparsity"] == fp32["sparsity"] and record["layer_sparsity"] == fp32["layer_sparsity"]
     # measured on the smoke model: bf16 moves the final error by 0.14%, fp16 by 0.007%
@@ -84,6 +84,6 @@ def test_fp16_never_steps_on_gradients_that_underflowed(monkeypatch):
             target = arch.run_block(block, x, kwargs[0]) + 1e-5 * noise
         masks = [{name: torch.ones_like(layer.weight, dtype=torch.bool) for name, layer in arch.linears(block).items()}]
         config = profile("smoke", recon="br", dtype=dtype, epochs=2, batch_size=2)
-        _, amp = reconstruct.device_of(config)
+        _, amp = config.placement
         reconstruct.train([block], masks, x, target, [kwargs[0]], config, torch.device("cpu"), amp, seed=0)
         assert steps and all(steps), f"{dtype}: {steps.count(False)} of {len(steps)} steps on all-zero gradients"

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from reconlib import arch, reconstruct
+from reconlib import arch, checkpoints, memory, reconstruct
 from reconlib.config import RunConfig
 
 SCHEMES = ["lr", "br", "br+gp", "br+gp+cr"]
@@ -108,7 +108,7 @@ def test_peak_memory_is_the_runs_own_not_the_processes(windows):
     from reconlib.models import tiny_model
 
     calib, _ = windows
-    before = reconstruct.peak_memory_mb(torch.device("cpu"))
+    before = memory.peak_mb(torch.device("cpu"))
     big = torch.ones(1536 * 2**20 // 4)  # 1.5 GB, touched
     del big
     result = reconstruct.prune(tiny_model("llama"), config(recon="lr"), calib, progress=False)
@@ -150,7 +150,7 @@ def test_a_killed_run_resumes_at_its_checkpoint_and_ends_identical(windows, tmp_
         return r, [p.clone() for p in model.parameters()]
 
     whole, whole_params = run(None)
-    monkeypatch.setattr(reconstruct, "CHECKPOINT_EVERY", 0.0)  # a checkpoint at every unit boundary
+    monkeypatch.setattr(checkpoints, "EVERY", 0.0)  # a checkpoint at every unit boundary
     real_train, calls = reconstruct.train, []
     if kill_at is None:  # LR trains nothing: kill in the statistics of block 2 instead
         real_choose = reconstruct.choose_masks
@@ -172,7 +172,7 @@ def test_a_killed_run_resumes_at_its_checkpoint_and_ends_identical(windows, tmp_
         run(tmp_path / "ckpt")
     assert (tmp_path / "ckpt" / "state.pt").is_file()
     monkeypatch.undo()
-    monkeypatch.setattr(reconstruct, "CHECKPOINT_EVERY", 0.0)
+    monkeypatch.setattr(checkpoints, "EVERY", 0.0)
     name = "choose_masks" if kill_at is None else "train"
     real, again = getattr(reconstruct, name), []
     monkeypatch.setattr(reconstruct, name, lambda *a, **k: again.append(1) or real(*a, **k))

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from reconlib import records, reconstruct, verify
+from reconlib import checkpoints, pipeline, records, reconstruct, verify
 from reconlib.config import profile
 
 
@@ -30,7 +30,7 @@ def test_an_interrupted_run_leaves_no_record(monkeypatch):
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(records.evaluate, "window_nll", interrupted)
+    monkeypatch.setattr(pipeline.evaluate, "window_nll", interrupted)
     with pytest.raises(KeyboardInterrupt):
         records.run(config, progress=False)
     assert not records.path(config).exists()
@@ -77,19 +77,19 @@ def test_low_memory_gives_the_same_record(tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(models.resolve("smollm2-135m"))
     models.save_pruned(models.tiny_model("llama", vocab_size=len(tokenizer)), tokenizer, source)
     config = smoke(model=str(source), recon="br+gp")
-    whole = records.compute(config, progress=False)
-    lazily = records.compute(config, progress=False, out=tmp_path / "pruned", low_memory=True)
+    whole = pipeline.compute(config, progress=False)
+    lazily = pipeline.compute(config, progress=False, out=tmp_path / "pruned", low_memory=True)
     assert verify.judge(whole, lazily)["worst"] == 0.0  # every number, bit for bit
     no_eval = config.replace(ppl="", test_error="")  # nothing evaluated: the skeleton is never moved
-    assert records.compute(no_eval, progress=False, low_memory=True)["sparsity"] == lazily["sparsity"]
+    assert pipeline.compute(no_eval, progress=False, low_memory=True)["sparsity"] == lazily["sparsity"]
     assert models.load_model(str(tmp_path / "pruned"))[0].config.num_hidden_layers == 3
 
 
 def test_a_resumed_run_counts_its_time_before_the_kill(monkeypatch):
     """seconds.total of a run killed and resumed includes the pruning its checkpoint kept (seconds.prune)."""
     config = smoke(recon="br+gp", epochs=1, seed=5)
-    monkeypatch.setattr(reconstruct, "CHECKPOINT_EVERY", 0.0)
-    real_train, real_resume, calls = reconstruct.train, reconstruct._resume, []
+    monkeypatch.setattr(checkpoints, "EVERY", 0.0)
+    real_train, real_resume, calls = reconstruct.train, checkpoints.resume, []
 
     def killed(*a, **k):
         if calls:
@@ -102,7 +102,7 @@ def test_a_resumed_run_counts_its_time_before_the_kill(monkeypatch):
         records.run(config, progress=False)
     monkeypatch.setattr(reconstruct, "train", real_train)
     # as if the killed run had pruned for 1000 s before its checkpoint
-    monkeypatch.setattr(reconstruct, "_resume", lambda *a: (lambda t, pos, s: (t, pos, s + 1000.0))(*real_resume(*a)))
+    monkeypatch.setattr(checkpoints, "resume", lambda *a: (lambda t, s: (t, s + 1000.0))(*real_resume(*a)))
     seconds = records.run(config, progress=False)["seconds"]
     assert seconds["prune"] >= 1000.0 and seconds["total"] >= seconds["prune"]
 

@@ -1,11 +1,10 @@
 """`records verify` on another machine, simulated: the store's record is written by a subprocess whose MKL takes
 its compatible code path (as the CPU of issue #20 did), then judged here."""
-import json
 
 import pytest
 import torch
 
-from reconlib import criteria, records, verify
+from reconlib import criteria, pipeline, provenance, records, verify
 from reconlib.config import profile
 
 CONFIG = profile("smoke", criterion="wanda", recon="br+gp")
@@ -58,15 +57,15 @@ def test_a_changed_method_fails_from_other_kernels(monkeypatch):
     select = criteria.select
     with monkeypatch.context() as m:
         m.setattr(criteria, "select", lambda S, ratio, n, g, per_row=False: select(S, ratio, n, g, per_row=False))
-        old = records.compute(CONFIG, progress=False, resumable=False)
+        old = pipeline.compute(CONFIG, progress=False, resumable=False)
     name = store(as_if_from_another_machine(old))
     with pytest.raises(ValueError, match=rf"record {name} does not reproduce \(other kernels\): block_error"):
         verify.verify(sample=1, profile="smoke")
 
 
 def test_the_same_kernels_are_judged_bit_tight():
-    record = records.compute(CONFIG, progress=False)
-    assert verify.kernels(record) == verify.kernels(records.environment())
+    record = pipeline.compute(CONFIG, progress=False)
+    assert verify.kernels(record) == verify.kernels(provenance.environment())
     body = {k: v for k, v in record.items() if k != "digest"}
     body["block_error"][0] *= 1 + 1e-7  # a rounding's worth: fine elsewhere, not on the machine that wrote it
     name = store(records.seal(body))

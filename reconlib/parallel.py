@@ -1,0 +1,101 @@
+"""Running the grid's missing runs side by side: a process pool, or a Ray cluster. Which runs there are, and
+what they cost, is grid.py's; here is only how they are executed and written."""
+from __future__ import annotations
+
+import os
+import time
+
+from . import grid
+
+
+def _work(item):
+    """One run on a worker (a process of the pool, or a Ray task): its record, computed, not written, so that
+    the driver writes every record into its own store whatever filesystem the worker sees."""
+    kind, config = item
+    import torch
+
+    from . import pipeline
+
+    torch.set_num_threads(int(os.environ.get("RECONLIB_THREADS", "1")))
+    started = time.perf_counter()
+    record = pipeline.compute_dense(config) if kind == "dense" else pipeline.compute(config, progress=False)
+    return kind, config, record, time.perf_counter() - started
+
+
+def _die_with(driver: int):
+    """A pool worker's first act: a thread that ends the worker once its driver is gone. A killed driver
+    (SIGTERM, SIGKILL, a closed terminal) runs no clean-up, and its workers would otherwise go on computing
+    runs whose records nobody is left to write."""
+    import threading
+
+    def watch():
+        while os.getppid() == driver:
+            time.sleep(1)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def _pool(todo: list, workers: int):
+    """(kind, config, record, seconds) as the runs finish, `workers` processes side by side."""
+    if workers <= 1:
+        yield from map(_work, todo)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_die_with, initargs=(os.getpid(),)) as pool:
+        futures = [pool.submit(_work, item) for item in todo]
+        try:
+            for f in as_completed(futures):
+                yield f.result()
+        finally:
+            for f in futures:
+                f.cancel()
+
+
+def _ray(todo: list, workers: int, address: str | None):
+    """The same on a Ray cluster: `address` None starts a local one of `workers` CPUs; "auto" or
+    "ray://host:10001" joins a running one, where each run asks for one CPU (and a GPU when it has some)."""
+    import ray
+
+    env = {k: v for k, v in os.environ.items() if k.startswith(("RECONLIB_", "HF_"))} | {"OMP_NUM_THREADS": "1"}
+    ray.init(address=address, num_cpus=None if address else workers, include_dashboard=False,
+             runtime_env={"env_vars": env}, log_to_driver=False, ignore_reinit_error=True)
+    try:
+        remote = ray.remote(_work)
+        gpus = 1 if address and ray.cluster_resources().get("GPU") else 0
+        pending = [remote.options(num_cpus=1, num_gpus=gpus).remote(item) for item in todo]
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            yield ray.get(done[0])
+    finally:
+        ray.shutdown()
+
+
+def compute(profile: str, workers: int = 1, progress: bool = True, executor: str = "process",
+            address: str | None = None) -> list:
+    """Compute every missing record of the grid, `workers` runs side by side with one thread each (a process
+    pool, or Ray with `executor="ray"`); the driver writes each record the moment its run ends, so a killed
+    grid loses only the runs in flight (and a long one resumes at its checkpoint)."""
+    from tqdm.auto import tqdm
+
+    from . import records
+
+    todo = grid.missing(profile)
+    done = []
+    if not todo:
+        return done
+    bar = tqdm(total=sum(grid.cost(c) for _, c in todo), desc=f"grid {profile}: {len(todo)} runs", unit="cost",
+               disable=not progress, bar_format="{desc} {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}] {postfix}")
+    results = _ray(todo, workers, address) if executor == "ray" else _pool(todo, workers)
+    try:
+        for kind, config, record, seconds in results:
+            records.write(records.dense_path(config) if kind == "dense" else records.path(config), record)
+            done.append((kind, config, seconds))
+            bar.update(grid.cost(config))
+            bar.set_postfix_str(f"{len(done)}/{len(todo)} done, last: {grid.label(kind, config)} {seconds:.0f} s")
+    finally:
+        bar.close()
+    return done

@@ -1,0 +1,135 @@
+"""The pipeline behind a record: load the model, draw the windows, prune and reconstruct (reconstruct.prune),
+evaluate, and assemble the record with its provenance. Nothing here reads or writes the store (records.py)."""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from . import data, evaluate, lazy, models, reconstruct
+from .config import RunConfig
+from .provenance import environment, pin, seal
+
+DENSE_FIELDS = ("model", "seq_len", "ppl", "max_eval_windows", "zeroshot", "zeroshot_limit", "device")
+
+
+def _bos(model, tokenizer, config: RunConfig) -> int | None:
+    """The BOS id every window starts with (Gemma), or None; refuses windows beyond the context."""
+    context = getattr(model.config, "max_position_embeddings", None)
+    if context and config.seq_len > context:
+        raise ValueError(f"seq_len {config.seq_len} exceeds the context of {config.model} ({context} tokens)")
+    return tokenizer.bos_token_id if models.needs_bos(model) else None
+
+
+def _evaluate(model, tokenizer, config: RunConfig, bos, device) -> tuple[dict, dict, dict, dict]:
+    ppl, nll, zs, seconds = {}, {}, None, {}
+    if not (config.ppl or config.zeroshot):  # nothing to evaluate (a --low-memory model has no blocks left)
+        return ppl, nll, zs, seconds
+    model.to(device)
+    for name in config.ppl:
+        start = time.perf_counter()
+        windows = data.eval_windows(name, tokenizer, config.seq_len, bos, config.max_eval_windows)
+        nll[name] = evaluate.window_nll(model, windows)
+        ppl[name] = math.exp(math.fsum(nll[name]) / len(nll[name]))
+        seconds[f"ppl_{name}"] = time.perf_counter() - start
+    if config.zeroshot:
+        from .zeroshot import zero_shot
+
+        start = time.perf_counter()
+        zs = zero_shot(model, tokenizer, list(config.zeroshot), limit=config.zeroshot_limit or None)
+        seconds["zeroshot"] = time.perf_counter() - start
+    return ppl, nll, zs, seconds
+
+
+def compute_dense(config: RunConfig) -> dict:
+    """The dense model's record: perplexity (and zero-shot accuracy) under the config's evaluation settings."""
+    pin()
+    started = time.perf_counter()
+    model, tokenizer = models.load_model(config.model)
+    loaded = time.perf_counter() - started
+    bos = _bos(model, tokenizer, config)
+    ppl, nll, zs, seconds = _evaluate(model, tokenizer, config, bos, config.placement[0])
+    return seal({"config": {k: config.to_dict()[k] for k in DENSE_FIELDS}, "ppl": ppl, "ppl_windows": nll,
+                 "zeroshot": zs, "seconds": {"load": loaded, **seconds}, **environment(),
+                 "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
+
+
+def compute(config: RunConfig, progress: bool = True, out: str | Path | None = None, low_memory: bool = False,
+            resumable: bool = True) -> dict:
+    """Prune, reconstruct and evaluate one run → its record (not written). With `out`, also save the model.
+
+    resumable: keep a checkpoint under the run's key, so the same call after a kill resumes. A check's
+    recomputation says False: it must start from nothing, and may run beside another of the same key.
+
+    low_memory: read each block from the model's safetensors only while it is processed and write it to `out`
+    (or a temporary folder) as soon as it is final (lazy.py); the same record, at about one block's memory.
+    Evaluation, if the config asks for any, then loads the pruned folder whole.
+    """
+    pin()
+    started = time.perf_counter()
+    blocks = None
+    if low_memory:
+        if config.self_gen:
+            raise ValueError("self-generated calibration text needs the whole dense model in memory: drop "
+                             "--low-memory or set self_gen to 0")
+        folder = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="reconlib-pruned-"))
+        model, tokenizer, blocks = lazy.load(config.model, folder)
+    else:
+        model, tokenizer = models.load_model(config.model)
+    bos = _bos(model, tokenizer, config)
+    # one draw of n_calib + extra_real windows: its first n_calib are exactly the draw of n_calib alone, so the
+    # extra real windows leave the masks (and the reported error) those of the n_calib windows; the held-out
+    # windows come last, sharing no token with the trained ones
+    trained = config.n_calib + config.extra_real
+    real = data.calibration_set(config.calib, tokenizer, trained, config.seq_len, config.seed, bos, config.holdout) \
+        if config.n_calib else torch.zeros(0, config.seq_len, dtype=torch.long)  # magnitude LR from weights alone
+    calib, extra, holdout = real[:config.n_calib], real[config.n_calib:trained], real[trained:]
+    test = {name: data.eval_windows(name, tokenizer, config.seq_len, bos, config.n_test) for name in config.test_error}
+    if config.self_gen:
+        from .selfgen import self_generated
+
+        # texts twice the window, as the paper cuts 1024-token windows from texts of up to 2048 tokens
+        extra = torch.cat([self_generated(model, tokenizer, config.self_gen, config.seq_len, seed=config.seed,
+                                          text_len=2 * config.seq_len, model_name=config.model), extra])
+    before = time.perf_counter()
+    result = reconstruct.prune(model, config, calib, test, extra, progress=progress,
+                               store=models.cache_dir() / "dense", model_id=models.model_id(config.model),
+                               checkpoint=None if blocks or not resumable
+                               else models.cache_dir() / "checkpoints" / (config.key() + models.local_stamp(config.model)),
+                               blocks=blocks, holdout=holdout)
+    # result.seconds counts the pruning done before a kill too (its checkpoint keeps it): so does total
+    resumed = result.seconds - (time.perf_counter() - before)
+    if blocks is not None:
+        blocks.finish(tokenizer)
+        (folder / "reconlib_config.json").write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True))
+        if config.ppl or config.zeroshot:
+            model, tokenizer = models.load_model(str(folder))
+        if out is None:
+            shutil.rmtree(folder)
+    device = config.placement[0]
+    ppl, nll, zs, seconds = _evaluate(model, tokenizer, config, bos, device)
+    record = {
+        "key": config.key(), "config": config.to_dict(), "calib_digest": config.calib_digest,
+        "sparsity": result.sparsity, "layer_sparsity": result.layer_sparsity,
+        "block_error": result.block_error, "final_error": result.final_error,
+        "block_error_from1": result.block_error_from1,
+        "test_block_error": result.test_block_error,
+        "test_final_error": {k: v[-1] for k, v in result.test_block_error.items()},
+        "unit_loss": result.unit_loss, "ppl": ppl, "ppl_windows": nll, "zeroshot": zs,
+        "seconds": {"prune": result.seconds, **seconds, "total": time.perf_counter() - started + max(resumed, 0.0),
+                    **({"monitor": result.monitor_seconds} if config.holdout else {})},
+        "peak_memory_mb": result.peak_memory_mb, **environment(),
+        "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    if config.holdout:  # each unit's train / held-out curve, and the error of the held-out windows block by block
+        record |= {"holdout_block_error": result.holdout_block_error, "unit_curves": result.unit_curves}
+    if config.self_gen:  # what the model wrote, for the page: the cache of texts may be on another machine
+        record["self_gen_sample"] = tokenizer.decode(extra[0], skip_special_tokens=True)
+    if out is not None and blocks is None:
+        models.save_pruned(model.cpu(), tokenizer, out, config.to_dict())
+    return seal(record)

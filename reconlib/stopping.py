@@ -1,0 +1,146 @@
+"""Finding 4 (beyond the paper): each unit's error on held-out calibration windows while it trains, and early
+stopping on it (RunConfig.holdout, early_stop; the runs are grid.early_stop_cells and grid.stop_sweep_cells)."""
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from . import findings, grid
+from .findings import LABELS, METRICS, Part, judge
+
+VARIANTS = ("fixed", "early stop", "more real")
+
+
+def variant(config: dict) -> str:
+    return "early stop" if config.get("early_stop") else "more real" if config.get("extra_real") else "fixed"
+
+
+def setting(config: dict) -> str:
+    return f"{config['n_calib']} × {config['epochs']}"
+
+
+def _row(record: dict, subset: int) -> dict:
+    c, curves = record["config"], record.get("unit_curves", [])
+    out = findings.row(record, subset) | {"setting": setting(c), "variant": variant(c), "holdout": c.get("holdout", 0)}
+    out["holdout_error"] = record["holdout_block_error"][-1] if record.get("holdout_block_error") else math.nan
+    # how far into its epochs a unit stops (or would stop, without early_stop): 0 = untrained, 1 = all epochs
+    out["stop_fraction"] = sum(u["stop"] for u in curves) / len(curves) / c["epochs"] if curves else math.nan
+    out["monitor_%"] = 100 * record["seconds"].get("monitor", 0.0) / record["seconds"]["prune"]
+    return out
+
+
+COLUMNS = ["model", "seed", "recon", "setting", "variant", "n_calib", "holdout", "final_error", "holdout_error",
+           "test_error_wikitext2", "test_error_ptb", "ppl_wikitext2", "ppl_ptb", "stop_fraction", "seconds", "monitor_%"]
+
+
+def table(profile: str, configs: list, progress: bool = True) -> pd.DataFrame:
+    """One row per stored (or computed) run; the columns are there even before any run is."""
+    subset = grid.base(profile).max_eval_windows
+    rows = [_row(r, subset) for r in findings.read(configs, progress)]
+    return pd.DataFrame(rows) if rows else pd.DataFrame(columns=COLUMNS)
+
+
+def runs(profile: str, model: str, progress: bool = True) -> pd.DataFrame:
+    """The experiment's rows: setting × recon × variant × seed."""
+    return table(profile, grid.early_stop_cells(profile, model), progress)
+
+
+def sweep(profile: str, progress: bool = True) -> pd.DataFrame:
+    return table(profile, grid.stop_sweep_cells(profile), progress)
+
+
+def overfit_setting(profile: str) -> str:
+    n, e = grid.stop_settings(profile)[0]
+    return f"{n} × {e}"
+
+
+def verdict(df: pd.DataFrame, against: str, setting_: str) -> dict:
+    """In the overfitting setting, BR+GP+CR with early stopping has lower test errors and perplexity than
+    `against`: "fixed" (the same runs to their last epoch) or "more real" (trained on the held-out windows too)."""
+    d = df[(df.setting == setting_) & (df.recon == "br+gp+cr")]
+    claim = {"fixed": "4. Early stopping lowers CR's test error and perplexity against fixed epochs",
+             "more real": "4a. … and against training on the held-out windows instead"}[against]
+    metrics = [m for m in METRICS if m != "final_error" and m in d.columns]
+    parts = [Part(f"{METRICS[m]}, {against} → early stop", findings.changes(d, "variant", against, "early stop", m), -1)
+             for m in metrics]
+    return judge(claim, parts, "metric's units", claimed_by="claim")
+
+
+def verdicts(profile: str, model: str, progress: bool = False) -> list[dict]:
+    """Finding 4's two verdicts on one model (4: against fixed epochs, 4a: against training on the windows)."""
+    df = runs(profile, model, progress)
+    return [verdict(df, against, overfit_setting(profile)) for against in ("fixed", "more real")]
+
+
+def cr_steps(df: pd.DataFrame) -> pd.DataFrame:
+    """BR+GP → BR+GP+CR per setting and variant, in each metric's units: does CR's test error rise where
+    training overfits, and does early stopping remove the rise while keeping CR's calibration gain?"""
+    rows = []
+    metrics = [m for m in ["final_error", "holdout_error"] + list(METRICS)[1:] if m in df.columns]
+    for (s, v), d in df.groupby(["setting", "variant"], sort=False):
+        for m in metrics:
+            part = Part(m, findings.changes(d, "recon", "br+gp", "br+gp+cr", m), +1)
+            if part.test.n:
+                rows.append({"setting": s, "variant": v, "metric": findings.HEADERS.get(m, m.replace("_", " ")),
+                             "CR's change, 95% CI": findings.fmt_change(part),
+                             "p (rises)": findings.fmt_p(part.test.p), "n": part.test.n})
+    return pd.DataFrame(rows, columns=["setting", "variant", "metric", "CR's change, 95% CI", "p (rises)", "n"])
+
+
+def summary(df: pd.DataFrame) -> pd.DataFrame:
+    """mean ± sd over seeds of the experiment's rows, with the cost: held-out windows and seconds."""
+    cols = ["final_error", "holdout_error", "test_error_wikitext2", "test_error_ptb", "ppl_wikitext2", "ppl_ptb",
+            "stop_fraction", "seconds"]
+    out = findings.spread(df.assign(recon=df.recon.map(LABELS)), ["setting", "recon", "variant"],
+                          [c for c in cols if c in df.columns])
+    return out.rename(columns={"holdout_error": "held-out err.", "stop_fraction": "stop", "seconds": "prune s"})
+
+
+def curves(record: dict) -> pd.DataFrame:
+    """One record's unit curves in long form: unit, first block, epoch, which windows, error, and the stop."""
+    rows = []
+    for u, c in enumerate(record.get("unit_curves", [])):
+        for which in ("train", "heldout"):
+            rows += [{"unit": u, "block": c["blocks"][0], "epoch": e, "windows": which, "error": x,
+                      "relative": x / c[which][0], "stop": c["stop"]} for e, x in enumerate(c[which])]
+    return pd.DataFrame(rows)
+
+
+def gaps(records_: list[dict]) -> pd.DataFrame:
+    """Held-out ÷ train error at the end of each unit (its last epoch), against depth: the generalization gap
+    the paper shows once, at the final block."""
+    rows = []
+    for r in records_:
+        c = r["config"]
+        for u in r.get("unit_curves", []):
+            rows.append({"setting": setting(c), "recon": LABELS[c["recon"]], "seed": c["seed"], "block": u["blocks"][-1],
+                         "gap": u["heldout"][-1] / u["train"][-1], "model": c["model"]})
+    return pd.DataFrame(rows)
+
+
+def example(profile: str, progress: bool = True) -> dict | None:
+    """The run the curve figure shows: first model and seed, the overfitting setting, BR+GP+CR to its last epoch
+    (so the curves show what early stopping would cut); None while it is not in the store."""
+    config = next(c for c in grid.early_stop_cells(profile, next(iter(grid.grid(profile).models)))
+                  if c.recon == "br+gp+cr" and not c.early_stop and not c.extra_real)
+    found = findings.read([config], progress)
+    return found[0] if found else None
+
+
+def cost(df: pd.DataFrame) -> str:
+    """What the held-out curves and early stopping cost, in words: windows and seconds."""
+    if not len(df):
+        return "no runs yet"
+    watched = df[df.variant != "more real"]
+    return (f"{int(df.holdout.max())} held-out windows a run beside {int(df.n_calib.min())}–{int(df.n_calib.max())} "
+            f"calibration windows, and measuring the curves took {watched['monitor_%'].mean():.0f}% of the pruning "
+            f"time (mean over {len(watched)} runs)")
+
+
+def read(profile: str, progress: bool = True) -> list[dict]:
+    """The runs trained to their last epoch with held-out curves (sweep and experiment): the gap figure's."""
+    configs = grid.stop_sweep_cells(profile) + [c for m in grid.grid(profile).models
+                                                for c in grid.early_stop_cells(profile, m)]
+    configs = list({c.key(): c for c in configs if c.holdout and not c.early_stop}.values())
+    return findings.read(configs, progress)
