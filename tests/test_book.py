@@ -14,7 +14,7 @@ TOC = yaml.safe_load((BOOK / "_toc.yml").read_text())
 MAKEFILE = (ROOT / "Makefile").read_text()
 PARTS = {"Orientation": ["notation", "evidence"],
          "Findings": ["_executed/01_error_reduction", "_executed/02_overfitting_tradeoff",
-                      "_executed/03_self_generated_calibration"],
+                      "_executed/03_self_generated_calibration", "_executed/04_early_stopping"],
          "Using reconlib": ["_executed/00_quickstart", "api"],
          "Provenance": ["provenance", "cost", "reproducibility", "audit"]}
 
