@@ -38,7 +38,7 @@ FIGURES_JS = "() => document.querySelectorAll('article img, article figure, arti
 # code cells that set the notebook's parameters: papermill's injected cell is the one a page should show (its
 # defaults cell is tagged remove-cell), so a second one is a reading hazard
 PARAMETERS_JS = ("() => [...document.querySelectorAll('article div.cell_input pre')]"
-                 ".filter(p => /^\\s*profile\\s*=/m.test(p.textContent)).length")
+                 ".filter(p => /^\\s*profile\\s*=\\s*[\"']/m.test(p.textContent)).length")  # a literal: not the set-up's call
 
 
 def findings_pages(toc: Path) -> set[str]:
