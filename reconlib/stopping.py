@@ -47,7 +47,11 @@ def runs(profile: str, model: str, progress: bool = True) -> pd.DataFrame:
 
 
 def sweep(profile: str, progress: bool = True) -> pd.DataFrame:
-    return table(profile, grid.stop_sweep_cells(profile), progress)
+    """The sweep's runs, one row a setting, in the pages' short column heads."""
+    df = table(profile, grid.stop_sweep_cells(profile), progress)
+    cols = ["final_error", "holdout_error", "test_error_wikitext2", "test_error_ptb", "ppl_ptb", "stop_fraction"]
+    return df.set_index("setting")[cols].rename(columns={**findings.HEADERS, "holdout_error": "held-out err.",
+                                                         "stop_fraction": "stop"})
 
 
 def overfit_setting(profile: str) -> str:
