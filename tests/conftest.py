@@ -34,3 +34,13 @@ def smollm():
 @pytest.fixture(autouse=True)
 def _results(tmp_path, monkeypatch):
     monkeypatch.setenv("RECONLIB_RESULTS", str(tmp_path / "results"))
+
+
+def interrupt_after(fn, n: int, calls: list):
+    """fn, but the call after the first n raises KeyboardInterrupt (a kill mid-run); `calls` counts the ones made."""
+    def wrapper(*a, **k):
+        if len(calls) == n:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return fn(*a, **k)
+    return wrapper

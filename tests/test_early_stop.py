@@ -6,6 +6,8 @@ from reconlib import arch, data, reconstruct
 from reconlib.config import RunConfig
 from reconlib.models import tiny_model
 
+from conftest import interrupt_after
+
 
 def config(**kw):
     # lr high enough that 6 epochs on 4 windows overfit them: the held-out error has a minimum inside
@@ -108,15 +110,8 @@ def test_a_killed_run_with_held_out_curves_resumes_identical(tmp_path, monkeypat
 
     whole, whole_params = run(None)
     monkeypatch.setattr(checkpoints, "EVERY", 0.0)
-    real_train, calls = reconstruct.train, []
-
-    def killed(*a, **k):
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        calls.append(1)
-        return real_train(*a, **k)
-
-    monkeypatch.setattr(reconstruct, "train", killed)
+    real_train = reconstruct.train
+    monkeypatch.setattr(reconstruct, "train", interrupt_after(real_train, 2, []))
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path / "ckpt")
     monkeypatch.setattr(reconstruct, "train", real_train)
