@@ -10,10 +10,10 @@ import json
 import sys
 from dataclasses import fields
 
-from .config import CORPORA, CRITERIA, SCHEMES, TEST_SETS, RunConfig, check_contamination, field_help, from_dict
+from .config import CORPORA, CRITERIA, DTYPES, SCHEMES, TEST_SETS, RunConfig, check_contamination, field_help, from_dict
 
 
-CHOICES = {"criterion": CRITERIA, "recon": SCHEMES, "dtype": ("auto", "bfloat16", "float16", "float32")}
+CHOICES = {"criterion": CRITERIA, "recon": SCHEMES, "dtype": DTYPES}
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:

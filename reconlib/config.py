@@ -10,6 +10,7 @@ CRITERIA = ("magnitude", "wanda", "sparsegpt")
 SCHEMES = ("lr", "br", "br+gp", "br+gp+cr")
 CORPORA = ("wikitext2", "ptb", "c4", "wikitext2-valid", "boolq-passages")  # the corpora reconlib.data reads
 TEST_SETS = ("wikitext2", "ptb", "c4", "boolq-passages")                   # perplexity and test-error sets
+DTYPES = ("auto", "bfloat16", "float16", "float32")
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,7 @@ class RunConfig:
              f"recon={self.recon!r} trains by Adam and needs epochs ≥ 1 (epochs=0 is recon='lr')")
         need(self.device in ("auto", "cpu") or self.device.startswith("cuda"),
              f"device must be 'auto', 'cpu' or 'cuda[:i]', got {self.device!r}")
-        need(self.dtype in ("auto", "bfloat16", "float16", "float32"),
+        need(self.dtype in DTYPES,
              f"dtype must be auto, bfloat16, float16 or float32, got {self.dtype!r}")
 
     @property

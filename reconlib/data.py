@@ -213,11 +213,9 @@ class _Spans:
     def __init__(self, n: int, body: int):
         self.n, self.body, self.taken = n, body, []
 
-    def offer(self, doc: int, start: int) -> bool:
-        if len(self.taken) >= self.n and any(d == doc and abs(s - start) < self.body for d, s in self.taken[:self.n]):
-            return False
-        self.taken.append((doc, start))
-        return True
+    def offer(self, doc: int, start: int) -> None:
+        if len(self.taken) < self.n or all(d != doc or abs(s - start) >= self.body for d, s in self.taken[:self.n]):
+            self.taken.append((doc, start))
 
 
 def calibration_set(corpus: str, tokenizer, n: int, seq_len: int, seed: int = 0, bos: int | None = None,
@@ -235,7 +233,7 @@ def calibration_set(corpus: str, tokenizer, n: int, seq_len: int, seed: int = 0,
     if len(docs) == 1:
         return stream_windows(_stream(tokenizer, corpus, "train"), n, seq_len, seed, bos, holdout)
     rng, body = random.Random(seed), seq_len - (bos is not None)
-    spans, windows, encoded = _Spans(n, body), [], {}  # encoded: document → ids (a short one is drawn again and again)
+    spans, encoded = _Spans(n, body), {}  # encoded: document → ids (a short one is drawn again and again)
     for _ in range(1000 * (n + holdout)):
         pick = rng.randrange(len(docs))
         if pick not in encoded:
@@ -243,9 +241,8 @@ def calibration_set(corpus: str, tokenizer, n: int, seq_len: int, seed: int = 0,
         ids = encoded[pick]
         if len(ids) > body:
             start = rng.randrange(len(ids) - body)
-            if spans.offer(pick, start):
-                windows.append(torch.as_tensor(ids[start:start + body], dtype=torch.long))
-            if len(windows) == n + holdout:
+            spans.offer(pick, start)
+            if len(spans.taken) == n + holdout:
                 break
     else:
         raise ValueError(f"corpus {corpus!r}: too few of its {len(docs)} documents are longer than a window of "
@@ -257,6 +254,7 @@ def calibration_set(corpus: str, tokenizer, n: int, seq_len: int, seed: int = 0,
         log.warning("calibration: the %d windows of %d tokens come from only %d distinct documents of %s, since "
                     "most are shorter than the window; use a shorter seq_len or a corpus of longer documents",
                     n, seq_len, len(sources), corpus)
+    windows = [torch.as_tensor(encoded[pick][start:start + body], dtype=torch.long) for pick, start in spans.taken]
     return _with_bos(torch.stack(windows), bos)  # (n + holdout, seq_len)
 
 

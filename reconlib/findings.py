@@ -129,7 +129,8 @@ def read(configs: list[RunConfig], progress: bool = True) -> list[dict]:
 # the pages' column heads: short, so that a table of six metrics fits the page
 HEADERS = {"final_error": "final error", "final_error_from1": "w/o pos. 0", "reduction_vs_lr_%": "cut vs LR %",
            "position0_share_%": "pos. 0 share %", "test_error_wikitext2": "test err. WT2", "test_error_ptb": "test err. PTB",
-           "ppl_wikitext2": "ppl WT2", "ppl_ptb": "ppl PTB", "peak_memory_mb": "peak MB"}
+           "ppl_wikitext2": "ppl WT2", "ppl_ptb": "ppl PTB", "peak_memory_mb": "peak MB",
+           "holdout_error": "held-out err.", "stop_fraction": "stop"}
 
 
 def spread(df: pd.DataFrame, by: list[str], metrics: list[str]) -> pd.DataFrame:

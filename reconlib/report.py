@@ -14,7 +14,7 @@ def verdicts(profile: str) -> pd.DataFrame:
     """finding × model → verdict, the part that decides it (mean change, 95% CI, p) and n."""
     rows = []
     for model in grid.grid(profile).models:
-        for v in findings.verdicts(profile, model) + stopping.verdicts(profile, model):
+        for v in stopping.every_verdict(profile, model):
             n = sorted({p.test.n for p in v["tests"].values()})
             rows.append({"finding": v["finding"].split(" ", 1)[0].rstrip("."), "model": model, "verdict": v["verdict"],
                          "deciding part: change [95% CI], p": findings.deciding(v),

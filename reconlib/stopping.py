@@ -50,13 +50,12 @@ def sweep(profile: str, progress: bool = True) -> pd.DataFrame:
     """The sweep's runs, one row a setting, in the pages' short column heads."""
     df = table(profile, grid.stop_sweep_cells(profile), progress)
     cols = ["final_error", "holdout_error", "test_error_wikitext2", "test_error_ptb", "ppl_ptb", "stop_fraction"]
-    return df.set_index("setting")[cols].rename(columns={**findings.HEADERS, "holdout_error": "held-out err.",
-                                                         "stop_fraction": "stop"})
+    return df.set_index("setting")[cols].rename(columns=findings.HEADERS)
 
 
 def overfit_setting(profile: str) -> str:
-    n, e = grid.stop_settings(profile)[0]
-    return f"{n} × {e}"
+    n_calib, epochs = grid.stop_settings(profile)[0]
+    return setting({"n_calib": n_calib, "epochs": epochs})
 
 
 def verdict(df: pd.DataFrame, against: str, setting_: str) -> dict:
@@ -75,6 +74,11 @@ def verdicts(profile: str, model: str, progress: bool = False) -> list[dict]:
     """Finding 4's two verdicts on one model (4: against fixed epochs, 4a: against training on the windows)."""
     df = runs(profile, model, progress)
     return [verdict(df, against, overfit_setting(profile)) for against in ("fixed", "more real")]
+
+
+def every_verdict(profile: str, model: str) -> list[dict]:
+    """Findings 1–4 on one model: what the summary table prints and `records verify` holds fixed."""
+    return findings.verdicts(profile, model) + verdicts(profile, model)
 
 
 def cr_steps(df: pd.DataFrame) -> pd.DataFrame:
@@ -98,7 +102,7 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
             "stop_fraction", "seconds"]
     out = findings.spread(df.assign(recon=df.recon.map(LABELS)), ["setting", "recon", "variant"],
                           [c for c in cols if c in df.columns])
-    return out.rename(columns={"holdout_error": "held-out err.", "stop_fraction": "stop", "seconds": "prune s"})
+    return out.rename(columns={"seconds": "prune s"})
 
 
 def curves(record: dict) -> pd.DataFrame:

@@ -120,10 +120,9 @@ def flipped_verdicts(fresh: dict, profile: str) -> list[str] | None:
         return None
     if any(c.model == model for _, c in grid.missing(profile)):
         return None
-    every = lambda: findings.words(findings.verdicts(profile, model) + stopping.verdicts(profile, model))  # noqa: E731
-    before = every()
+    before = findings.words(stopping.every_verdict(profile, model))
     with records.substituted(fresh):
-        after = every()
+        after = findings.words(stopping.every_verdict(profile, model))
     opposite = {("holds", "does not hold"), ("does not hold", "holds")}
     return [f"{part}: {before[part]} → {after[part]}" for part in before if (before[part], after[part]) in opposite]
 
