@@ -257,7 +257,7 @@ def stop_sweep_cells(profile: str) -> list[RunConfig]:
 
 def runs(profile: str) -> list[RunConfig]:
     """Every pruning run of the grid, without repeats, in the order the pages read them (finding 4's last: it
-    came last, and a partial store should first complete the paper's three)."""
+    came last, and a partial store should first complete the paper's three; within it, the verdicts' runs first)."""
     out = {}
     for model in grid(profile).models:
         for c in error_reduction_cells(profile, model) + [
@@ -265,7 +265,10 @@ def runs(profile: str) -> list[RunConfig]:
                 c for cells in self_gen_cells(profile, model).values() for c in cells]:
             out.setdefault(c.key(), c)
     if grid(profile).holdout:
-        for c in stop_sweep_cells(profile) + [c for m in grid(profile).models for c in early_stop_cells(profile, m)]:
+        f4 = [c for m in grid(profile).models for c in early_stop_cells(profile, m)] + stop_sweep_cells(profile)
+        # the chosen settings on every model first: they decide the verdicts; the sweep and the control ask less
+        f4.sort(key=lambda c: (c.n_calib, c.epochs) not in grid(profile).stop_settings)
+        for c in f4:
             out.setdefault(c.key(), c)
     return list(out.values())
 
