@@ -101,8 +101,7 @@ class RunConfig:
              f"recon={self.recon!r} trains by Adam and needs epochs ≥ 1 (epochs=0 is recon='lr')")
         need(self.device in ("auto", "cpu") or self.device.startswith("cuda"),
              f"device must be 'auto', 'cpu' or 'cuda[:i]', got {self.device!r}")
-        need(self.dtype in DTYPES,
-             f"dtype must be auto, bfloat16, float16 or float32, got {self.dtype!r}")
+        need(self.dtype in DTYPES, f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
 
     @property
     def pattern(self) -> tuple[float, int, int]:
