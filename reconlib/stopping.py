@@ -137,13 +137,14 @@ def example(profile: str, progress: bool = True) -> dict | None:
 
 
 def cost(df: pd.DataFrame) -> str:
-    """What the held-out curves and early stopping cost, in words: windows and seconds."""
+    """What the held-out curves and early stopping cost, in words: windows and seconds, setting by setting."""
     if not len(df):
         return "no runs yet"
     watched = df[df.variant != "more real"]
-    return (f"{int(df.holdout.max())} held-out windows a run beside {int(df.n_calib.min())}–{int(df.n_calib.max())} "
-            f"calibration windows, and measuring the curves took {watched['monitor_%'].mean():.0f}% of the pruning "
-            f"time (mean over {len(watched)} runs)")
+    return "; ".join(
+        f"{setting}: {int(g.holdout.max())} held-out windows beside {int(g.n_calib.max())} calibration windows, "
+        f"and measuring the curves took {g['monitor_%'].mean():.0f}% of the pruning time (mean over {len(g)} run{'s' * (len(g) > 1)})"
+        for setting, g in watched.groupby("setting", sort=False))
 
 
 def read(profile: str, progress: bool = True) -> list[dict]:

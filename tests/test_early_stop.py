@@ -119,3 +119,13 @@ def test_a_killed_run_with_held_out_curves_resumes_identical(tmp_path, monkeypat
     assert resumed.unit_curves == whole.unit_curves and resumed.holdout_block_error == whole.holdout_block_error
     assert resumed.block_error == whole.block_error
     assert all(torch.equal(a, b) for a, b in zip(resumed_params, whole_params))
+
+
+def test_cost_reads_each_setting_on_its_own_and_leaves_out_the_more_real_control():
+    import pandas as pd
+    from reconlib import stopping
+    df = pd.DataFrame(dict(setting=["16 × 8", "16 × 8", "16 × 8", "64 × 2"], variant=["fixed", "early stop", "more real", "fixed"],
+                           holdout=[16, 16, 0, 16], n_calib=[16, 16, 16, 64], **{"monitor_%": [30.0, 34.0, 0.0, 9.0]}))
+    assert stopping.cost(df) == ("16 × 8: 16 held-out windows beside 16 calibration windows, and measuring the curves "
+                                 "took 32% of the pruning time (mean over 2 runs); 64 × 2: 16 held-out windows beside 64 "
+                                 "calibration windows, and measuring the curves took 9% of the pruning time (mean over 1 run)")
