@@ -255,15 +255,21 @@ def stop_sweep_cells(profile: str) -> list[RunConfig]:
                  holdout=g.holdout) for n, e in dict.fromkeys(g.stop_sweep + ((own.n_calib, own.epochs),))]
 
 
-def runs(profile: str) -> list[RunConfig]:
-    """Every pruning run of the grid, without repeats, in the order the pages read them (finding 4's last: it
-    came last, and a partial store should first complete the paper's three; within it, the verdicts' runs first)."""
+def paper_runs(profile: str) -> list[RunConfig]:
+    """The pruning runs of the paper's three findings, without repeats, in the order the pages read them."""
     out = {}
     for model in grid(profile).models:
         for c in error_reduction_cells(profile, model) + [
                 c for f in ("epochs", "n_calib", "self_gen") for c in sweep_cells(profile, model, f)] + [
                 c for cells in self_gen_cells(profile, model).values() for c in cells]:
             out.setdefault(c.key(), c)
+    return list(out.values())
+
+
+def runs(profile: str) -> list[RunConfig]:
+    """Every pruning run of the grid, without repeats, in the order the pages read them (finding 4's last: it
+    came last, and a partial store should first complete the paper's three; within it, the verdicts' runs first)."""
+    out = {c.key(): c for c in paper_runs(profile)}
     if grid(profile).holdout:
         f4 = [c for m in grid(profile).models for c in early_stop_cells(profile, m)] + stop_sweep_cells(profile)
         # the chosen settings on every model first: they decide the verdicts; the sweep and the control ask less

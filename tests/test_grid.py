@@ -208,3 +208,14 @@ def test_the_book_reads_the_store_as_it_is_and_computes_nothing(monkeypatch):
     monkeypatch.delenv("RECONLIB_COMPUTE")
     with pytest.raises(pytest.fail.Exception, match="a missing run was computed"):
         findings.table(configs, "smoke")
+
+
+def test_the_dry_run_counts_the_papers_findings_apart_from_finding_4(capsys):
+    from reconlib.__main__ import main
+    paper = grid.paper_runs("smoke")
+    assert paper and not any(c.holdout or c.early_stop for c in paper)  # finding 4's own fields stay out
+    main(["grid", "--profile", "smoke", "--dry-run", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    first = len(paper) + len(grid.dense_runs("smoke"))
+    assert out["missing_by_finding"] == {"dense and findings 1-3": first, "finding 4": len(grid.runs("smoke")) - len(paper)}
+    assert out["missing"] == len(grid.missing("smoke")) > first
