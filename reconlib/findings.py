@@ -26,7 +26,8 @@ RULE = ("Each part of a finding is a paired comparison: the same seed, so the sa
         "direction, reported as the mean change with its 95% confidence interval, the p-value and n. A finding "
         "**holds** on a model when every part is significant in the paper's direction; it **does not hold** when "
         "some part is significant in the opposite direction after a Holm correction across the finding's parts; "
-        "otherwise it is **not separable from seed noise** (always so with one seed). A null effect would show as "
+        "otherwise it is **not separable from seed noise** (always so with one seed); with no runs yet it is **not "
+        "measured yet**. A null effect would show as "
         "intervals that straddle 0 and p-values spread evenly over (0, 1).")
 
 

@@ -8,7 +8,8 @@ t-test at ALPHA in the paper's direction. A finding
   needs no correction, since all must reject);
 - **does not hold** when some part is significant in the opposite direction after a Holm correction across the
   finding's parts (any single one of several parts rejecting is a union, which needs the correction);
-- is otherwise **not separable from seed noise** (always so with fewer than two seeds).
+- is otherwise **not separable from seed noise** (always so with fewer than two seeds);
+- is **not measured yet** while none of its parts has a run: zero seeds are no evidence, not a null result.
 
 `simulate` measures the rule itself: how often it says "holds" or "does not hold" when there is no effect,
 and how often it finds an effect of a given size, at a given number of seeds.
@@ -22,7 +23,7 @@ import numpy as np
 from scipy import stats
 
 ALPHA = 0.05
-HOLDS, FAILS, NOISE = "holds", "does not hold", "not separable from seed noise"
+HOLDS, FAILS, NOISE, NONE = "holds", "does not hold", "not separable from seed noise", "not measured yet"
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,9 @@ def holm(p_values: list[float], alpha: float = ALPHA) -> list[bool]:
 def verdicts(tests: list[Test]) -> tuple[str, list[str]]:
     """(the finding's verdict, each part's word) for the parts' tests, by the rule above."""
     against = holm([t.p_opposite if t.n >= 2 else 1.0 for t in tests])
-    words = [HOLDS if t.significant else FAILS if a else NOISE for t, a in zip(tests, against)]
+    words = [HOLDS if t.significant else FAILS if a else NOISE if t.n else NONE for t, a in zip(tests, against)]
+    if tests and all(t.n == 0 for t in tests):
+        return NONE, words
     if tests and all(t.significant for t in tests):
         return HOLDS, words
     return (FAILS if any(against) else NOISE), words

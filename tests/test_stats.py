@@ -42,6 +42,8 @@ def test_holm_steps_down_as_by_hand():
     ([CLEAR, [-x for x in CLEAR]], stats.FAILS, [stats.HOLDS, stats.FAILS]),          # one part against
     # against at p = 0.036 alone: significant, but not after Holm across 3 parts (0.036 > 0.05/3)
     ([CLEAR, CLEAR, [-0.9, -0.3, -1.4, 0.1, -0.6]], stats.NOISE, [stats.HOLDS, stats.HOLDS, stats.NOISE]),
+    ([[], []], stats.NONE, [stats.NONE] * 2),                                          # no runs: no verdict
+    ([CLEAR, []], stats.NOISE, [stats.HOLDS, stats.NONE]),                            # a part unmeasured cannot hold
 ])
 def test_the_rule_on_synthetic_findings(parts, verdict, words):
     tests = [stats.t_test(p) for p in parts]
