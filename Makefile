@@ -3,7 +3,7 @@
 #   make test                      venv + library + pytest
 #   make book [PROFILE=cpu]        papermill every notebook, build the book, check it in a browser
 #   make records [WORKERS=2]       compute the missing records of the book's grid into book/records (resumable)
-#   make audit                     recompute one record of each code version in the store → book/audit.md
+#   make audit                     recompute one record of each code version in the store → book/audit.md (resumable)
 #   make check-pages               only the browser check of an already built book
 #   make lab                       Jupyter Lab with the project's kernel ("reconlib")
 #   make sweep NB=01_error_reduction GRID='criterion=magnitude,wanda,sparsegpt'
@@ -120,7 +120,8 @@ tables: $(STAMP_BOOK)
 	RECONLIB_COMPUTE=0 $(BIN)/python -m reconlib records verify --sample $(VERIFY) --profile $(PROFILE) --out $(EXECUTED)/verify.md
 
 # One record of each code version (source_digest) in the store, recomputed with today's code and judged as
-# verify judges: a page of its own, committed, since it takes tens of minutes
+# verify judges: a page of its own, committed, since it takes an hour or more. Each row is kept as it lands
+# (under the cache), so a killed audit resumes.
 audit: $(STAMP)
 	$(BIN)/python -m reconlib records audit --profile $(PROFILE) --out book/audit.md.part
 	mv book/audit.md.part book/audit.md

@@ -19,6 +19,7 @@ when the recomputed record replaces the stored one.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -28,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import pipeline, provenance, records
+from . import atomic, models, pipeline, provenance, records
 from .config import from_dict
 
 SAME_KERNELS = 1e-9  # relative; the same machine and versions give bit-equal numbers (measured: 0.0)
@@ -178,9 +179,25 @@ def verify(sample: int = 2, profile: str = "cpu", progress: bool = False) -> lis
 
 def audit(profile: str = "cpu", progress: bool = False) -> list[dict]:
     """One record of each code version (`source_digest`) in the store, the cheapest of each, recomputed with
-    today's code and judged by the same rule. Reports, and never raises on a difference: its page shows them."""
+    today's code and judged by the same rule. Reports, and never raises on a difference: its page shows them.
+    Each row is kept as it lands, under the cache and keyed by today's code and kernels and the record's digest,
+    so an audit that is killed (it takes an hour or more) resumes at the row it stopped in."""
+    from tqdm.auto import tqdm
+
     stored = _load()
     versions = {}
     for f in sorted(stored, key=lambda f: (stored[f]["seconds"]["total"], f.name)):
         versions.setdefault(stored[f].get("source_digest"), f)
-    return [check(f, stored[f], profile, progress) for f in versions.values()]
+    here = provenance.environment()
+    stamp = hashlib.sha256(json.dumps([here["source_digest"], kernels(here)], sort_keys=True).encode()).hexdigest()
+    kept = models.cache_dir() / "audit" / stamp[:16]
+    rows = []
+    bar = tqdm(versions.values(), desc="audit: code versions", unit="version", disable=not progress)
+    for f in bar:
+        row_file = kept / f"{f.stem}-{stored[f].get('digest', 'unsealed')[:16]}.json"
+        if not row_file.is_file():
+            bar.set_postfix_str(f"recomputing {f.name} (stored {stored[f]['seconds']['total'] / 60:.0f} min)")
+            row = check(f, stored[f], profile)
+            atomic.write(row_file, lambda part: Path(part).write_text(json.dumps(row)))
+        rows.append(json.loads(row_file.read_text()))
+    return rows

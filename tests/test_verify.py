@@ -7,6 +7,8 @@ import torch
 from reconlib import criteria, pipeline, provenance, records, verify
 from reconlib.config import profile
 
+from conftest import interrupt_after
+
 CONFIG = profile("smoke", criterion="wanda", recon="br+gp")
 
 OTHER = {"MKL_CBWR": "COMPATIBLE"}  # another machine's kernels
@@ -94,3 +96,29 @@ def test_a_record_without_a_machine_fingerprint_is_judged_as_from_other_kernels(
     moved = {"ppl": {"a": 10.0 * (1 + 2 * verify.FLOOR)}}
     row = verify.judge({"ppl": {"a": 10.0}}, moved, [moved])  # the switch moved nothing, the record moved 2 FLOOR
     assert row["band"] == verify.FLOOR and row["failures"]
+
+
+def test_a_killed_audit_resumes_at_the_row_it_stopped_in(monkeypatch, tmp_path):
+    """Two code versions in the store, so two rows. Killed after the first, the audit recomputes only the second;
+    run again, it recomputes nothing and reports the same rows."""
+    monkeypatch.setenv("RECONLIB_CACHE", str(tmp_path / "cache"))
+    store(pipeline.compute(CONFIG, progress=False, resumable=False))
+    older = CONFIG.replace(seed=1)
+    body = {k: v for k, v in pipeline.compute(older, progress=False, resumable=False).items() if k != "digest"}
+    records.write(records.path(older), records.seal(body | {"source_digest": "an older version"}))
+    check, calls = verify.check, []
+    monkeypatch.setattr(verify, "check", interrupt_after(check, 1, calls))
+    with pytest.raises(KeyboardInterrupt):
+        verify.audit(profile="smoke")
+    assert len(calls) == 1
+    monkeypatch.setattr(verify, "check", interrupt_after(check, 2, calls))
+    rows = verify.audit(profile="smoke")
+    assert len(calls) == 2  # only the row the kill interrupted
+    assert sorted(r["source_digest"] for r in rows) == sorted([provenance.source_digest(), "an older version"])
+    assert all(r["case"] == "same kernels" and r["failures"] == [] for r in rows)  # same machine: bit for bit
+    monkeypatch.setattr(verify, "check", interrupt_after(check, 2, calls))  # a third call would raise
+    assert verify.audit(profile="smoke") == rows
+    # a record rewritten since (another digest; here, relabelled) is recomputed, not read from its kept row
+    records.write(records.path(older), records.seal(body | {"source_digest": "a third version"}))
+    monkeypatch.setattr(verify, "check", interrupt_after(check, 3, calls))
+    assert "a third version" in {r["source_digest"] for r in verify.audit(profile="smoke")} and len(calls) == 3
