@@ -48,7 +48,7 @@ def fmt_change(part: Part) -> str:
     """mean change [95% CI], in the change's own sign (so a rise reads +, a fall −)."""
     t, d = part.test, part.direction
     if t.n == 0:
-        return "no runs yet"
+        return stats.NONE
     if t.n < 2:
         return f"{t.mean * d:+.3g} (one seed)"
     lo, hi = sorted((t.ci[0] * d, t.ci[1] * d))
@@ -137,7 +137,8 @@ HEADERS = {"final_error": "final error", "final_error_from1": "w/o pos. 0", "red
 def spread(df: pd.DataFrame, by: list[str], metrics: list[str]) -> pd.DataFrame:
     """mean ± sd over seeds, n stated: one row per group, one text column per metric (heads from HEADERS)."""
     def fmt(s):
-        return f"{s.mean():.3g} ± {s.std():.2g}" if len(s) > 1 else f"{s.mean():.3g}"
+        s = s.dropna()  # a metric the rows do not have (held-out error without held-out windows): a dash
+        return "—" if not len(s) else f"{s.mean():.3g} ± {s.std():.2g}" if len(s) > 1 else f"{s.mean():.3g}"
     out = df.groupby(by, sort=False)[metrics].agg(fmt)
     out.insert(0, "n", df.groupby(by, sort=False).size())
     return out.rename(columns=HEADERS)

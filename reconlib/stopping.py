@@ -6,7 +6,7 @@ import math
 
 import pandas as pd
 
-from . import findings, grid
+from . import findings, grid, stats
 from .findings import LABELS, METRICS, Part, judge
 
 VARIANTS = ("fixed", "early stop", "more real")
@@ -97,12 +97,13 @@ def cr_steps(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def summary(df: pd.DataFrame) -> pd.DataFrame:
-    """mean ± sd over seeds of the experiment's rows, with the cost: held-out windows and seconds."""
+    """mean ± sd over seeds of the experiment's rows, with the curves' cost in % of each run's pruning time: a
+    ratio within a run, where the runs' own seconds vary with what shared the machine (and include any pause)."""
     cols = ["final_error", "holdout_error", "test_error_wikitext2", "test_error_ptb", "ppl_wikitext2", "ppl_ptb",
-            "stop_fraction", "seconds"]
+            "stop_fraction", "monitor_%"]
     out = findings.spread(df.assign(recon=df.recon.map(LABELS)), ["setting", "recon", "variant"],
                           [c for c in cols if c in df.columns])
-    return out.rename(columns={"seconds": "prune s"})
+    return out.rename(columns={"monitor_%": "curves %"})
 
 
 def curves(record: dict) -> pd.DataFrame:
@@ -137,14 +138,17 @@ def example(profile: str, progress: bool = True) -> dict | None:
 
 
 def cost(df: pd.DataFrame) -> str:
-    """What the held-out curves and early stopping cost, in words: windows and seconds, setting by setting."""
+    """What the held-out curves and early stopping cost, in words: windows and seconds, setting by setting; and
+    what the more-real control spends the same windows on instead."""
     if not len(df):
-        return "no runs yet"
+        return stats.NONE
     watched = df[df.variant != "more real"]
     return "; ".join(
-        f"{setting}: {int(g.holdout.max())} held-out windows beside {int(g.n_calib.max())} calibration windows, "
-        f"and measuring the curves took {g['monitor_%'].mean():.0f}% of the pruning time (mean over {len(g)} run{'s' * (len(g) > 1)})"
-        for setting, g in watched.groupby("setting", sort=False))
+        f"{setting}: {h} held-out windows beside {n} calibration windows, and measuring the curves took "
+        f"{g['monitor_%'].mean():.0f}% of the pruning time (mean over {len(g)} run{'s' * (len(g) > 1)}), where the "
+        f"more-real control trains each unit on all {n + h} windows, {(n + h) / n:.2g}× the Adam steps, and measures "
+        "nothing" for setting, g in watched.groupby("setting", sort=False)
+        for h, n in [(int(g.holdout.max()), int(g.n_calib.max()))])
 
 
 def read(profile: str, progress: bool = True) -> list[dict]:

@@ -126,6 +126,9 @@ def test_cost_reads_each_setting_on_its_own_and_leaves_out_the_more_real_control
     from reconlib import stopping
     df = pd.DataFrame(dict(setting=["16 × 8", "16 × 8", "16 × 8", "64 × 2"], variant=["fixed", "early stop", "more real", "fixed"],
                            holdout=[16, 16, 0, 16], n_calib=[16, 16, 16, 64], **{"monitor_%": [30.0, 34.0, 0.0, 9.0]}))
-    assert stopping.cost(df) == ("16 × 8: 16 held-out windows beside 16 calibration windows, and measuring the curves "
-                                 "took 32% of the pruning time (mean over 2 runs); 64 × 2: 16 held-out windows beside 64 "
-                                 "calibration windows, and measuring the curves took 9% of the pruning time (mean over 1 run)")
+    assert stopping.cost(df) == (
+        "16 × 8: 16 held-out windows beside 16 calibration windows, and measuring the curves took 32% of the pruning "
+        "time (mean over 2 runs), where the more-real control trains each unit on all 32 windows, 2× the Adam steps, "
+        "and measures nothing; 64 × 2: 16 held-out windows beside 64 calibration windows, and measuring the curves "
+        "took 9% of the pruning time (mean over 1 run), where the more-real control trains each unit on all 80 "
+        "windows, 1.2× the Adam steps, and measures nothing")
