@@ -137,6 +137,31 @@ def example(profile: str, progress: bool = True) -> dict | None:
     return found[0] if found else None
 
 
+def answer(df: pd.DataFrame, setting_: str) -> str:
+    """The chapter's first two questions in words, from one model's runs in the overfitting setting: does CR's
+    test error rise with fixed epochs, and with early stopping, and what happens to CR's calibration gain. Every
+    number is BR+GP → BR+GP+CR, each seed with itself: mean [95% CI], one-sided p that it rises, n."""
+    d = df[df.setting == setting_] if len(df) else df
+    if not len(d):
+        return stats.NONE
+
+    def step(variant_: str, metric: str) -> str:
+        part = Part(metric, findings.changes(d[d.variant == variant_], "recon", "br+gp", "br+gp+cr", metric), +1)
+        if not part.test.n:
+            return f"{METRICS[metric]} {stats.NONE}"
+        t, change = part.test, findings.fmt_change(part)
+        if t.significant or t.p_opposite < stats.ALPHA:
+            p_ = findings.fmt_p(min(t.p, t.p_opposite)).replace("<", "< ")
+            return (f"{METRICS[metric]} {'rises' if t.significant else 'falls'} by {change} "
+                    f"(p {'' if p_.startswith('<') else '= '}{p_}, n = {t.n})")
+        return (f"{METRICS[metric]} changes by {change}, not separable from seed noise (p = {findings.fmt_p(t.p)} "
+                f"that it rises, n = {t.n})")
+
+    tests = [m for m in METRICS if m.startswith("test_error")]
+    return " ".join(f"With {words}, CR's {step(v, 'final_error')}; its {'; its '.join(step(v, m) for m in tests)}."
+                    for v, words in (("fixed", "fixed epochs"), ("early stop", "early stopping")))
+
+
 def cost(df: pd.DataFrame) -> str:
     """What the held-out curves and early stopping cost, in words: windows and seconds, setting by setting; and
     what the more-real control spends the same windows on instead."""

@@ -132,3 +132,25 @@ def test_cost_reads_each_setting_on_its_own_and_leaves_out_the_more_real_control
         "and measures nothing; 64 × 2: 16 held-out windows beside 64 calibration windows, and measuring the curves "
         "took 9% of the pruning time (mean over 1 run), where the more-real control trains each unit on all 80 "
         "windows, 1.2× the Adam steps, and measures nothing")
+
+
+def test_the_answer_in_words_names_a_rise_a_fall_and_noise_from_the_seeds():
+    import pandas as pd
+    from reconlib import stopping
+    noise = [0.3, -0.2, 0.1, -0.4, 0.2]
+    rows = []
+    for seed, e in enumerate(noise):
+        for variant, rise in (("fixed", 10.0), ("early stop", 0.0)):
+            rows.append(dict(seed=seed, setting="16 × 8", variant=variant, recon="br+gp", final_error=20.0,
+                             test_error_wikitext2=200.0, test_error_ptb=250.0))
+            rows.append(dict(seed=seed, setting="16 × 8", variant=variant, recon="br+gp+cr", final_error=15.0 + e,
+                             test_error_wikitext2=200.0 + rise + e, test_error_ptb=250.0 + 5 * noise[seed - 1]))
+    rows.append(dict(seed=0, setting="64 × 2", variant="fixed", recon="br+gp+cr", final_error=1.0,
+                     test_error_wikitext2=1.0, test_error_ptb=1.0))  # another setting: not read
+    answer = stopping.answer(pd.DataFrame(rows), "16 × 8")
+    fixed, early = answer.split(" With early stopping, ")
+    assert fixed.startswith("With fixed epochs, CR's calibration error falls by -5 [")
+    assert "WikiText-2 test error rises by +10 [" in fixed and "p < 0.001, n = 5" in fixed
+    assert "PTB test error changes by +0 [" in fixed and "not separable from seed noise (p = 0.5 that it rises" in fixed
+    assert "WikiText-2 test error changes by +0 [" in early and "not separable from seed noise" in early
+    assert stopping.answer(pd.DataFrame(rows), "4 × 32") == "not measured yet"
