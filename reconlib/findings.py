@@ -104,6 +104,7 @@ def row(record: dict, subset: int) -> dict:
         out["mean_acc"] = 100 * record["zeroshot"]["mean_acc"]
     out["seconds"], out["seconds_total"] = record["seconds"]["prune"], record["seconds"]["total"]
     out["peak_memory_mb"] = record["peak_memory_mb"]
+    out["cpu"] = record.get("machine", {}).get("cpu_model") or "not recorded"  # a pair's arms may differ in it
     return out
 
 

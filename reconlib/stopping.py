@@ -31,7 +31,8 @@ def _row(record: dict, subset: int) -> dict:
 
 
 COLUMNS = ["model", "seed", "recon", "setting", "variant", "n_calib", "holdout", "final_error", "holdout_error",
-           "test_error_wikitext2", "test_error_ptb", "ppl_wikitext2", "ppl_ptb", "stop_fraction", "seconds", "monitor_%"]
+           "test_error_wikitext2", "test_error_ptb", "ppl_wikitext2", "ppl_ptb", "stop_fraction", "seconds", "monitor_%",
+           "cpu"]
 
 
 def table(profile: str, configs: list, progress: bool = True) -> pd.DataFrame:
@@ -161,6 +162,20 @@ def answer(df: pd.DataFrame, setting_: str) -> str:
     return " ".join(f"With {words}, CR's {step(v, 'final_error')}; its {'; its '.join(step(v, m) for m in tests)}."
                     for v, words in (("fixed", "fixed epochs"), ("early stop", "early stopping")))
 
+
+def machines(df: pd.DataFrame, setting_: str) -> str:
+    """Which seeds of the overfitting setting pair runs computed on different CPU models, in words. Kernel
+    rounding differs between CPUs (up to ~2% past SmolLM2's block 11, reproducibility page), and a paired change
+    whose two arms come from two CPUs carries that difference besides the method's effect."""
+    d = df[df.setting == setting_] if len(df) else df
+    if not len(d):
+        return stats.NONE
+    mixed = {(m, s): sorted(g.cpu.unique()) for (m, s), g in d.groupby(["model", "seed"]) if g.cpu.nunique() > 1}
+    if not mixed:
+        return f"every seed's runs were computed on one CPU model ({', '.join(sorted(d.cpu.unique()))})"
+    return "; ".join(f"{m} seed {s} pairs runs from {' and '.join(cpus)}" for (m, s), cpus in mixed.items()) + \
+        (": their changes carry the CPUs' difference in kernel rounding (up to ~2%, {doc}`../reproducibility`) "
+         "besides the method's effect")
 
 def cost(df: pd.DataFrame) -> str:
     """What the held-out curves and early stopping cost, in words: windows and seconds, setting by setting; and

@@ -154,3 +154,13 @@ def test_the_answer_in_words_names_a_rise_a_fall_and_noise_from_the_seeds():
     assert "PTB test error changes by +0 [" in fixed and "not separable from seed noise (p = 0.5 that it rises" in fixed
     assert "WikiText-2 test error changes by +0 [" in early and "not separable from seed noise" in early
     assert stopping.answer(pd.DataFrame(rows), "4 × 32") == "not measured yet"
+
+
+def test_machines_names_the_seeds_whose_arms_come_from_two_cpus():
+    import pandas as pd
+    from reconlib import stopping
+    df = pd.DataFrame(dict(model=["m"] * 5, seed=[0, 0, 1, 1, 2], setting=["16 × 8"] * 4 + ["64 × 2"],
+                           cpu=["A", "B", "A", "A", "B"]))
+    assert stopping.machines(df, "16 × 8").startswith("m seed 0 pairs runs from A and B: their changes carry")
+    assert stopping.machines(df[df.seed > 0], "16 × 8") == "every seed's runs were computed on one CPU model (A)"
+    assert stopping.machines(df, "4 × 8") == "not measured yet"
