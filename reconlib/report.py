@@ -164,12 +164,13 @@ def audit_markdown(rows: list[dict]) -> str:
         "largest rel. diff.": f"{r['worst']:.2g}", "band there": f"{r['band']:.2g}",
         "worst number": r["worst_number"], "verdict": "fails" if r["failures"] or r["flipped"] else "agrees"}
         for r in rows])
-    here = provenance.machine()
+    here, env = provenance.machine(), provenance.environment()
     return ("# Code versions, audited\n\nThe store's records were written by several versions of reconlib's source "
             "(`source_digest`, a hash of the library's files). So that a verdict never compares two runs that "
             "differ by code rather than by the step it reads, `python -m reconlib records audit` (`make audit`) "
-            "recomputed the cheapest record of each version with today's code on "
+            f"recomputed the cheapest record of each version with the code of commit {env['git_commit']} "
+            f"(source_digest {env['source_digest']}) on "
             f"{here['cpu_model']} ({here['cpu_capability']}), judged by the rule of {{doc}}`reproducibility`. "
-            "*same numbers* and *same kernels* mean today's code gives the stored numbers (to a relative 1e-9); "
-            "*other kernels* that they differ and how far. Generated, and committed because it takes tens of "
-            f"minutes; written {time.strftime('%Y-%m-%d')}.\n\n" + table.to_markdown(index=False) + "\n")
+            "*same numbers* and *same kernels* mean that code gives the stored numbers (to a relative 1e-9); "
+            "*other kernels* that they differ and how far. Generated, and committed because it takes an hour or "
+            f"more; written {time.strftime('%Y-%m-%d')}.\n\n" + table.to_markdown(index=False) + "\n")
