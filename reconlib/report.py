@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 
 import pandas as pd
 
@@ -79,8 +80,10 @@ def records_markdown() -> str:
              "sweep": f"ep {r['config']['epochs']}, n {r['config']['n_calib']}, gen {r['config']['self_gen']}",
              "final_error": f"{r['final_error']:.4g}", "seconds": f"{r['seconds']['total']:.0f}",
              "commit": r.get("git_commit"), "source": r.get("source_digest")} for r in all_]
-    machines = sorted({f"{r['machine']['platform']}, {r['machine']['cpus']} CPUs, GPU: {r['machine']['gpu'] or 'none'}"
-                       for r in all_})
+    # the CPU model too: kernel rounding differs between CPUs (reproducibility page), and a seed's runs can span two
+    machines = Counter(f"{r['machine'].get('cpu_model') or 'CPU not recorded'} ({r['machine']['platform']}, "
+                       f"{r['machine']['cpus']} CPUs, GPU: {r['machine']['gpu'] or 'none'})" for r in all_)
+    machines = [f"{m}: {n} runs" for m, n in sorted(machines.items())]
     versions = sorted({", ".join(f"{k} {v}" for k, v in r["versions"].items()) for r in all_})
     # the dense models' records (their whole-test-set perplexities, zero-shot) are part of what the store cost
     dense = records.all_records(dense=True)
