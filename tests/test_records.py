@@ -119,3 +119,5 @@ def test_the_provenance_head_counts_the_dense_records_compute_too():
                                                                                              "zeroshot": 1800}, **env})
     head = report.records_markdown().split("\n")[0]
     assert head.startswith("1 pruning runs and 1 dense evaluations, 2.0 hours of compute in all")  # (1800+5400) s
+    # and the machines by CPU model, counted (a record older than CPU names says so)
+    assert "Machines: CPU not recorded (linux, 2 CPUs, GPU: none): 1 runs." in head
