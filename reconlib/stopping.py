@@ -82,19 +82,20 @@ def every_verdict(profile: str, model: str) -> list[dict]:
     return findings.verdicts(profile, model) + verdicts(profile, model)
 
 
-def cr_steps(df: pd.DataFrame) -> pd.DataFrame:
-    """BR+GP → BR+GP+CR per setting and variant, in each metric's units: does CR's test error rise where
-    training overfits, and does early stopping remove the rise while keeping CR's calibration gain?"""
-    rows = []
-    metrics = [m for m in ["final_error", "holdout_error"] + list(METRICS)[1:] if m in df.columns]
-    for (s, v), d in df.groupby(["setting", "variant"], sort=False):
-        for m in metrics:
-            part = Part(m, findings.changes(d, "recon", "br+gp", "br+gp+cr", m), +1)
-            if part.test.n:
-                rows.append({"setting": s, "variant": v, "metric": findings.HEADERS.get(m, m.replace("_", " ")),
-                             "CR's change, 95% CI": findings.fmt_change(part),
-                             "p (rises)": findings.fmt_p(part.test.p), "n": part.test.n})
-    return pd.DataFrame(rows, columns=["setting", "variant", "metric", "CR's change, 95% CI", "p (rises)", "n"])
+def cr_steps(df: pd.DataFrame, setting_: str) -> pd.DataFrame:
+    """BR+GP → BR+GP+CR in one setting, a row per metric and a column per variant, in each metric's units: does
+    CR's test error rise where training overfits, and does early stopping remove the rise while keeping CR's
+    calibration gain? Each cell: mean change [95% CI], the one-sided p that it rises; the first row the seeds."""
+    d = df[df.setting == setting_] if len(df) else df
+    metrics = [m for m in ["final_error", "holdout_error"] + list(METRICS)[1:] if m in d.columns]
+    out = {}
+    for v, g in d.groupby("variant", sort=False):
+        parts = {m: Part(m, [x for x in findings.changes(g, "recon", "br+gp", "br+gp+cr", m) if not math.isnan(x)],
+                         +1) for m in metrics}
+        out[v] = {"seeds": str(max((p.test.n for p in parts.values()), default=0))} | {
+            findings.HEADERS.get(m, m): f"{findings.fmt_change(p)}, p {findings.fmt_p(p.test.p)}"
+            for m, p in parts.items() if p.test.n}
+    return pd.DataFrame(out).fillna("—")
 
 
 def summary(df: pd.DataFrame) -> pd.DataFrame:

@@ -164,3 +164,17 @@ def test_machines_names_the_seeds_whose_arms_come_from_two_cpus():
     assert stopping.machines(df, "16 × 8").startswith("m seed 0 pairs runs from A and B: their changes carry")
     assert stopping.machines(df[df.seed > 0], "16 × 8") == "every seed's runs were computed on one CPU model (A)"
     assert stopping.machines(df, "4 × 8") == "not measured yet"
+
+
+def test_cr_steps_tabulates_each_variant_and_dashes_what_a_variant_lacks():
+    import math
+    import pandas as pd
+    from reconlib import stopping
+    rows = [dict(seed=s, setting="16 × 8", variant=v, recon=r, final_error=10.0 + 0.1 * s - (2 + 0.5 * s) * (r == "br+gp+cr"),
+                 holdout_error=math.nan if v == "more real" else 50.0 + 5 * (r == "br+gp+cr") * (s + 1))
+            for s in range(3) for v in ("fixed", "more real") for r in ("br+gp", "br+gp+cr")]
+    table = stopping.cr_steps(pd.DataFrame(rows), "16 × 8")
+    assert list(table.columns) == ["fixed", "more real"] and table.loc["seeds"].tolist() == ["3", "3"]
+    fixed = table.loc["final error", "fixed"]  # changes −2, −2.5, −3: t = −8.66 on 2 degrees of freedom
+    assert fixed.startswith("-2.5 [") and fixed.endswith(", p 0.99")
+    assert table.loc["held-out err.", "fixed"].startswith("+10 [") and table.loc["held-out err.", "more real"] == "—"
