@@ -178,6 +178,7 @@ def machines(df: pd.DataFrame, setting_: str) -> str:
         (": their changes carry the CPUs' difference in kernel rounding (up to ~2%, {doc}`../reproducibility`) "
          "besides the method's effect")
 
+
 def cost(df: pd.DataFrame) -> str:
     """What the held-out curves and early stopping cost, in words: windows and seconds, setting by setting; and
     what the more-real control spends the same windows on instead."""
