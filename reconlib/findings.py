@@ -90,6 +90,9 @@ def ppl(record: dict, corpus: str, windows: int) -> float:
     return math.exp(sum(nll) / len(nll))
 
 
+UNNAMED = "unnamed"  # the CPU of a record older than machine fingerprints
+
+
 def row(record: dict, subset: int) -> dict:
     c = record["config"]
     out = {"model": c["model"], "seed": c["seed"], "criterion": c["criterion"], "sparsity": c["sparsity"],
@@ -104,8 +107,31 @@ def row(record: dict, subset: int) -> dict:
         out["mean_acc"] = 100 * record["zeroshot"]["mean_acc"]
     out["seconds"], out["seconds_total"] = record["seconds"]["prune"], record["seconds"]["total"]
     out["peak_memory_mb"] = record["peak_memory_mb"]
-    out["cpu"] = record.get("machine", {}).get("cpu_model") or "not recorded"  # a pair's arms may differ in it
+    out["cpu"] = record.get("machine", {}).get("cpu_model") or UNNAMED  # a pair's arms may differ in it
     return out
+
+
+def machines(df: pd.DataFrame) -> str:
+    """In words, the seeds whose runs (on this page) come from more than one CPU model. Kernel rounding differs
+    between CPUs (up to ~2% past SmolLM2's block 11: the reproducibility page), so a paired change whose two
+    arms come from two CPUs carries that difference besides the method's effect."""
+    if not len(df) or "cpu" not in df:
+        return stats.NONE
+
+    def names(cpus) -> str:
+        return "; ".join("older records that name none" if c == UNNAMED else c for c in sorted(cpus))
+
+    mixed = {}
+    for (m, s), g in df.groupby(["model", "seed"], sort=False):
+        if g.cpu.nunique() > 1:
+            mixed.setdefault(m, ([], set()))[0].append(str(s))
+            mixed[m][1].update(g.cpu)
+    if not mixed:
+        return f"each seed's runs come from one CPU model (over all seeds: {names(df.cpu.unique())})"
+    return "; ".join(f"{m} seed{'s' * (len(seeds) > 1)} {', '.join(seeds)} pair{'s' * (len(seeds) == 1)} runs of "
+                     f"different CPUs ({names(cpus)})" for m, (seeds, cpus) in mixed.items()) + \
+        (": their changes carry the CPUs' difference in kernel rounding (up to ~2%, {doc}`../reproducibility`) "
+         "besides the method's effect")
 
 
 def computing() -> bool:

@@ -165,18 +165,8 @@ def answer(df: pd.DataFrame, setting_: str) -> str:
 
 
 def machines(df: pd.DataFrame, setting_: str) -> str:
-    """Which seeds of the overfitting setting pair runs computed on different CPU models, in words. Kernel
-    rounding differs between CPUs (up to ~2% past SmolLM2's block 11, reproducibility page), and a paired change
-    whose two arms come from two CPUs carries that difference besides the method's effect."""
-    d = df[df.setting == setting_] if len(df) else df
-    if not len(d):
-        return stats.NONE
-    mixed = {(m, s): sorted(g.cpu.unique()) for (m, s), g in d.groupby(["model", "seed"]) if g.cpu.nunique() > 1}
-    if not mixed:
-        return f"every seed's runs were computed on one CPU model ({', '.join(sorted(d.cpu.unique()))})"
-    return "; ".join(f"{m} seed {s} pairs runs from {' and '.join(cpus)}" for (m, s), cpus in mixed.items()) + \
-        (": their changes carry the CPUs' difference in kernel rounding (up to ~2%, {doc}`../reproducibility`) "
-         "besides the method's effect")
+    """findings.machines on the overfitting setting's runs: the ones the verdicts pair."""
+    return findings.machines(df[df.setting == setting_] if len(df) else df)
 
 
 def cost(df: pd.DataFrame) -> str:

@@ -158,12 +158,15 @@ def test_the_answer_in_words_names_a_rise_a_fall_and_noise_from_the_seeds():
 
 def test_machines_names_the_seeds_whose_arms_come_from_two_cpus():
     import pandas as pd
-    from reconlib import stopping
+    from reconlib import findings, stopping
     df = pd.DataFrame(dict(model=["m"] * 5, seed=[0, 0, 1, 1, 2], setting=["16 × 8"] * 4 + ["64 × 2"],
                            cpu=["A", "B", "A", "A", "B"]))
-    assert stopping.machines(df, "16 × 8").startswith("m seed 0 pairs runs from A and B: their changes carry")
-    assert stopping.machines(df[df.seed > 0], "16 × 8") == "every seed's runs were computed on one CPU model (A)"
+    assert stopping.machines(df, "16 × 8").startswith("m seed 0 pairs runs of different CPUs (A; B): their changes carry")
+    assert stopping.machines(df[df.seed > 0], "16 × 8") == "each seed's runs come from one CPU model (over all seeds: A)"
     assert stopping.machines(df, "4 × 8") == "not measured yet"
+    # a record older than CPU names is not taken for another CPU's name
+    older = df.assign(cpu=["A", findings.UNNAMED, "A", "A", "B"])
+    assert stopping.machines(older, "16 × 8").startswith("m seed 0 pairs runs of different CPUs (A; older records that name none)")
 
 
 def test_cr_steps_tabulates_each_variant_and_dashes_what_a_variant_lacks():
