@@ -82,16 +82,25 @@ def every_verdict(profile: str, model: str) -> list[dict]:
     return findings.verdicts(profile, model) + verdicts(profile, model)
 
 
+def _in(df: pd.DataFrame, setting_: str) -> pd.DataFrame:
+    return df[df.setting == setting_] if len(df) else df
+
+
+def _cr_part(rows: pd.DataFrame, metric: str) -> Part:
+    """BR+GP → BR+GP+CR in `metric`, each seed with itself (seeds without the metric left out)."""
+    changes = findings.changes(rows, "recon", "br+gp", "br+gp+cr", metric)
+    return Part(metric, [x for x in changes if not math.isnan(x)], +1)
+
+
 def cr_steps(df: pd.DataFrame, setting_: str) -> pd.DataFrame:
     """BR+GP → BR+GP+CR in one setting, a row per metric and a column per variant, in each metric's units: does
     CR's test error rise where training overfits, and does early stopping remove the rise while keeping CR's
     calibration gain? Each cell: mean change [95% CI], the one-sided p that it rises; the first row the seeds."""
-    d = df[df.setting == setting_] if len(df) else df
+    d = _in(df, setting_)
     metrics = [m for m in ["final_error", "holdout_error"] + list(METRICS)[1:] if m in d.columns]
     out = {}
     for v, g in d.groupby("variant", sort=False):
-        parts = {m: Part(m, [x for x in findings.changes(g, "recon", "br+gp", "br+gp+cr", m) if not math.isnan(x)],
-                         +1) for m in metrics}
+        parts = {m: _cr_part(g, m) for m in metrics}
         out[v] = {"seeds": str(max((p.test.n for p in parts.values()), default=0))} | {
             findings.HEADERS.get(m, m): f"{findings.fmt_change(p)}, p {findings.fmt_p(p.test.p)}"
             for m, p in parts.items() if p.test.n}
@@ -143,12 +152,12 @@ def answer(df: pd.DataFrame, setting_: str) -> str:
     """The chapter's first two questions in words, from one model's runs in the overfitting setting: does CR's
     test error rise with fixed epochs, and with early stopping, and what happens to CR's calibration gain. Every
     number is BR+GP → BR+GP+CR, each seed with itself: mean [95% CI], one-sided p that it rises, n."""
-    d = df[df.setting == setting_] if len(df) else df
+    d = _in(df, setting_)
     if not len(d):
         return stats.NONE
 
     def step(variant_: str, metric: str) -> str:
-        part = Part(metric, findings.changes(d[d.variant == variant_], "recon", "br+gp", "br+gp+cr", metric), +1)
+        part = _cr_part(d[d.variant == variant_], metric)
         if not part.test.n:
             return f"{METRICS[metric]} {stats.NONE}"
         t, change = part.test, findings.fmt_change(part)
@@ -166,7 +175,7 @@ def answer(df: pd.DataFrame, setting_: str) -> str:
 
 def machines(df: pd.DataFrame, setting_: str) -> str:
     """findings.machines on the overfitting setting's runs: the ones the verdicts pair."""
-    return findings.machines(df[df.setting == setting_] if len(df) else df)
+    return findings.machines(_in(df, setting_))
 
 
 def cost(df: pd.DataFrame) -> str:
