@@ -23,7 +23,8 @@ LABELS = {"lr": "LR", "br": "BR", "br+gp": "BR+GP", "br+gp+cr": "BR+GP+CR"}
 # ------------------------------------------------------------------ the verdict rule (stats.py)
 RULE = ("Each part of a finding is a paired comparison: the same seed, so the same calibration windows, with and "
         "without the step. Its per-seed changes get a one-sided paired t-test at α = 0.05 in the paper's "
-        "direction, reported as the mean change with its 95% confidence interval, the p-value and n. A finding "
+        "direction, reported as the mean change with its two-sided 95% confidence interval, the p-value and n (a one-sided "
+        "p between 0.025 and 0.05 is significant while its interval just reaches past 0). A finding "
         "**holds** on a model when every part is significant in the paper's direction; it **does not hold** when "
         "some part is significant in the opposite direction after a Holm correction across the finding's parts; "
         "otherwise it is **not separable from seed noise** (always so with one seed); with no runs yet it is **not "
