@@ -30,7 +30,7 @@ class Grid:
     holdout: int = 0
     stop_settings: tuple = ()
     stop_sweep: tuple = ()
-    stop_control_seeds: int = 3  # seeds of the profile's own setting in finding 4 (first model only)
+    stop_control_seeds: int = 5  # seeds of the profile's own setting in finding 4 (the model's fewer, where fewer)
 
 
 GRIDS = {
@@ -227,16 +227,14 @@ def stop_settings(profile: str) -> list[tuple[int, int]]:
 def early_stop_cells(profile: str, model: str) -> list[RunConfig]:
     """Finding 4, SparseGPT, each setting × BR+GP / BR+GP+CR × variant: "fixed" measures the held-out windows and
     trains its epochs, "early stop" keeps each unit's best point on them, "more real" trains on them too
-    (extra_real, so the masks stay the n_calib windows'), without stopping. The overfitting settings on 5 seeds
-    (the model's fewer, where it has them); the profile's own, where nothing overfits, on the first model's first
-    stop_control_seeds seeds only: it asks what stopping costs where there is little to stop."""
+    (extra_real, so the masks stay the n_calib windows'), without stopping. Every setting on the model's seeds
+    (its fewer, where it has them); the profile's own, where little overfits, on its first stop_control_seeds of
+    them: it asks what stopping costs where there is little to stop."""
     g = grid(profile)
     own = base(profile, model)
     out = []
     for n_calib, epochs in stop_settings(profile):
         control = (n_calib, epochs) == (own.n_calib, own.epochs)
-        if control and model != next(iter(g.models)):
-            continue
         for s in g.fewer.get(model, g.models[model])[:g.stop_control_seeds if control else None]:
             for recon in ("br+gp", "br+gp+cr"):
                 for variant in STOP_VARIANTS.values():
