@@ -122,15 +122,12 @@ def machines(df: pd.DataFrame) -> str:
     def names(cpus) -> str:
         return "; ".join("older records that name none" if c == UNNAMED else c for c in sorted(cpus))
 
-    mixed = {}
-    for (m, s), g in df.groupby(["model", "seed"], sort=False):
-        if g.cpu.nunique() > 1:
-            mixed.setdefault(m, ([], set()))[0].append(str(s))
-            mixed[m][1].update(g.cpu)
-    if not mixed:
+    mixed = df[df.groupby(["model", "seed"], sort=False).cpu.transform("nunique") > 1]
+    if not len(mixed):
         return f"each seed's runs come from one CPU model (over all seeds: {names(df.cpu.unique())})"
-    return "; ".join(f"{m} seed{'s' * (len(seeds) > 1)} {', '.join(seeds)} pair{'s' * (len(seeds) == 1)} runs of "
-                     f"different CPUs ({names(cpus)})" for m, (seeds, cpus) in mixed.items()) + \
+    seeds = {m: [str(s) for s in g.seed.unique()] for m, g in mixed.groupby("model", sort=False)}
+    return "; ".join(f"{m} seed{'s' * (len(s) > 1)} {', '.join(s)} pair{'s' * (len(s) == 1)} runs of different CPUs "
+                     f"({names(mixed[mixed.model == m].cpu.unique())})" for m, s in seeds.items()) + \
         (": their changes carry the CPUs' difference in kernel rounding (up to ~2%, {doc}`../reproducibility`) "
          "besides the method's effect")
 
