@@ -101,7 +101,7 @@ def cmd_report(args) -> dict:
     if args.command == "records" and args.action in ("verify", "audit"):
         from . import verify
 
-        rows = (verify.verify(args.sample, args.profile) if args.action == "verify"
+        rows = (verify.verify(args.sample, args.profile, progress=True) if args.action == "verify"
                 else verify.audit(args.profile, progress=True))
         _write((report.verify_markdown if args.action == "verify" else report.audit_markdown)(rows), args.out)
         return {"checked": len(rows), "failed": [r["record"] for r in rows if r["failures"] or r["flipped"]],

@@ -170,9 +170,16 @@ def _raise_on_failure(rows: list[dict]) -> None:
 def verify(sample: int = 2, profile: str = "cpu", progress: bool = False) -> list[dict]:
     """Check every record's digest, then recompute the `sample` cheapest pruning records here and judge each.
     Raises ValueError naming the first record that fails."""
+    from tqdm.auto import tqdm
+
     stored = _load()
     cheapest = sorted(stored, key=lambda f: (stored[f]["seconds"]["total"], f.name))[:sample]
-    rows = [check(f, stored[f], profile, progress) for f in cheapest]
+    rows = []
+    # a recompute takes minutes and says nothing until it ends; the bar says which record and how long it took
+    bar = tqdm(cheapest, desc="verify: recomputing", unit="record", disable=not progress)
+    for f in bar:
+        bar.set_postfix_str(f"{f.name} (stored {stored[f]['seconds']['total'] / 60:.0f} min)")
+        rows.append(check(f, stored[f], profile))
     _raise_on_failure(rows)
     return rows
 
