@@ -228,8 +228,8 @@ def early_stop_cells(profile: str, model: str) -> list[RunConfig]:
     """Finding 4, SparseGPT, each setting × BR+GP / BR+GP+CR × variant: "fixed" measures the held-out windows and
     trains its epochs, "early stop" keeps each unit's best point on them, "more real" trains on them too
     (extra_real, so the masks stay the n_calib windows'), without stopping. Every setting on the model's seeds
-    (its fewer, where it has them); the profile's own, where little overfits, on its first stop_control_seeds of
-    them: it asks what stopping costs where there is little to stop."""
+    (its fewer, where it has them); the profile's own, where units stop near their last epoch, on its first
+    stop_control_seeds of them: it asks what stopping does where there is little to stop."""
     g = grid(profile)
     own = base(profile, model)
     out = []

@@ -54,9 +54,13 @@ def sweep(profile: str, progress: bool = True) -> pd.DataFrame:
     return df.set_index("setting")[cols].rename(columns=findings.HEADERS)
 
 
+def settings(profile: str) -> list[str]:
+    """Finding 4's settings by name, the overfitting one first, then the profile's own."""
+    return [setting({"n_calib": n_calib, "epochs": epochs}) for n_calib, epochs in grid.stop_settings(profile)]
+
+
 def overfit_setting(profile: str) -> str:
-    n_calib, epochs = grid.stop_settings(profile)[0]
-    return setting({"n_calib": n_calib, "epochs": epochs})
+    return settings(profile)[0]
 
 
 def verdict(df: pd.DataFrame, against: str, setting_: str) -> dict:
@@ -149,7 +153,7 @@ def example(profile: str, progress: bool = True) -> dict | None:
 
 
 def answer(df: pd.DataFrame, setting_: str) -> str:
-    """The chapter's first two questions in words, from one model's runs in the overfitting setting: does CR's
+    """The chapter's first two questions in words, from one model's runs in one setting: does CR's
     test error rise with fixed epochs, and with early stopping, and what happens to CR's calibration gain. Every
     number is BR+GP → BR+GP+CR, each seed with itself: mean [95% CI], one-sided p that it rises, n."""
     d = _in(df, setting_)
