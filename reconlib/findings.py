@@ -50,10 +50,11 @@ def fmt_change(part: Part) -> str:
     t, d = part.test, part.direction
     if t.n == 0:
         return stats.NONE
+    mean = t.mean * d + 0.0  # + 0.0 turns the −0 of identical runs (all changes 0, direction −1) into 0
     if t.n < 2:
-        return f"{t.mean * d:+.3g} (one seed)"
-    lo, hi = sorted((t.ci[0] * d, t.ci[1] * d))
-    return f"{t.mean * d:+.3g} [{lo:+.3g}, {hi:+.3g}]"
+        return f"{mean:+.3g} (one seed)"
+    lo, hi = sorted((t.ci[0] * d + 0.0, t.ci[1] * d + 0.0))
+    return f"{mean:+.3g} [{lo:+.3g}, {hi:+.3g}]"
 
 
 def fmt_p(p: float) -> str:

@@ -26,6 +26,13 @@ def test_one_seed_is_never_significant_and_equal_effects_are_certain():
     assert stats.t_test([2.0, 2.0, 2.0]).p == 0.0 and stats.t_test([-2.0, -2.0]).p_opposite == 0.0
 
 
+def test_identical_runs_read_as_no_change_in_either_direction():
+    # Gemma 3's CR units all stop at their last epoch in the book's setting: early stop and fixed are the same runs
+    from reconlib import findings
+    zero = findings.Part("same runs", [0.0, 0.0, 0.0], -1)
+    assert findings.fmt_change(zero) == "+0 [+0, +0]" and zero.test.p == 0.5 and not zero.test.significant
+
+
 def test_holm_steps_down_as_by_hand():
     # sorted 0.01 ≤ 0.05/3 → rejected; 0.03 > 0.05/2 → stop, so 0.04 is not rejected either
     assert stats.holm([0.01, 0.04, 0.03]) == [True, False, False]
