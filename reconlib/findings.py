@@ -50,11 +50,14 @@ def fmt_change(part: Part) -> str:
     t, d = part.test, part.direction
     if t.n == 0:
         return stats.NONE
-    mean = t.mean * d + 0.0  # + 0.0 turns the −0 of identical runs (all changes 0, direction −1) into 0
+
+    def signed(x: float) -> str:
+        return f"{x + 0.0:+.3g}"  # + 0.0 turns the −0 of identical runs (all changes 0, direction −1) into 0
+
     if t.n < 2:
-        return f"{mean:+.3g} (one seed)"
-    lo, hi = sorted((t.ci[0] * d + 0.0, t.ci[1] * d + 0.0))
-    return f"{mean:+.3g} [{lo:+.3g}, {hi:+.3g}]"
+        return f"{signed(t.mean * d)} (one seed)"
+    lo, hi = sorted((t.ci[0] * d, t.ci[1] * d))
+    return f"{signed(t.mean * d)} [{signed(lo)}, {signed(hi)}]"
 
 
 def fmt_p(p: float) -> str:
@@ -126,9 +129,9 @@ def machines(df: pd.DataFrame) -> str:
     mixed = df[df.groupby(["model", "seed"], sort=False).cpu.transform("nunique") > 1]
     if not len(mixed):
         return f"each seed's runs come from one CPU model (over all seeds: {names(df.cpu.unique())})"
-    seeds = {m: [str(s) for s in g.seed.unique()] for m, g in mixed.groupby("model", sort=False)}
-    return "; ".join(f"{m} seed{'s' * (len(s) > 1)} {', '.join(s)} pair{'s' * (len(s) == 1)} runs of different CPUs "
-                     f"({names(mixed[mixed.model == m].cpu.unique())})" for m, s in seeds.items()) + \
+    return "; ".join(f"{m} seed{'s' * (g.seed.nunique() > 1)} {', '.join(map(str, g.seed.unique()))} "
+                     f"pair{'s' * (g.seed.nunique() == 1)} runs of different CPUs ({names(g.cpu.unique())})"
+                     for m, g in mixed.groupby("model", sort=False)) + \
         (": their changes carry the CPUs' difference in kernel rounding (up to ~2%, {doc}`../reproducibility`) "
          "besides the method's effect")
 

@@ -167,18 +167,25 @@ def _raise_on_failure(rows: list[dict]) -> None:
             raise ValueError(f"record {r['record']} does not reproduce ({r['case']}): {why}")
 
 
+def _cheapest_first(stored: dict[Path, dict]) -> list[Path]:
+    return sorted(stored, key=lambda f: (stored[f]["seconds"]["total"], f.name))
+
+
+def _recomputing(f: Path, record: dict) -> str:
+    """The bar's label while a record is recomputed: a recompute takes minutes and says nothing until it ends."""
+    return f"recomputing {f.name} (stored {record['seconds']['total'] / 60:.0f} min)"
+
+
 def verify(sample: int = 2, profile: str = "cpu", progress: bool = False) -> list[dict]:
     """Check every record's digest, then recompute the `sample` cheapest pruning records here and judge each.
     Raises ValueError naming the first record that fails."""
     from tqdm.auto import tqdm
 
     stored = _load()
-    cheapest = sorted(stored, key=lambda f: (stored[f]["seconds"]["total"], f.name))[:sample]
     rows = []
-    # a recompute takes minutes and says nothing until it ends; the bar says which record and how long it took
-    bar = tqdm(cheapest, desc="verify: recomputing", unit="record", disable=not progress)
+    bar = tqdm(_cheapest_first(stored)[:sample], desc="verify", unit="record", disable=not progress)
     for f in bar:
-        bar.set_postfix_str(f"{f.name} (stored {stored[f]['seconds']['total'] / 60:.0f} min)")
+        bar.set_postfix_str(_recomputing(f, stored[f]))
         rows.append(check(f, stored[f], profile))
     _raise_on_failure(rows)
     return rows
@@ -193,7 +200,7 @@ def audit(profile: str = "cpu", progress: bool = False) -> list[dict]:
 
     stored = _load()
     versions = {}
-    for f in sorted(stored, key=lambda f: (stored[f]["seconds"]["total"], f.name)):
+    for f in _cheapest_first(stored):
         versions.setdefault(stored[f].get("source_digest"), f)
     here = provenance.environment()
     stamp = hashlib.sha256(json.dumps([here["source_digest"], kernels(here)], sort_keys=True).encode()).hexdigest()
@@ -203,7 +210,7 @@ def audit(profile: str = "cpu", progress: bool = False) -> list[dict]:
     for f in bar:
         row_file = kept / f"{f.stem}-{stored[f].get('digest', 'unsealed')[:16]}.json"
         if not row_file.is_file():
-            bar.set_postfix_str(f"recomputing {f.name} (stored {stored[f]['seconds']['total'] / 60:.0f} min)")
+            bar.set_postfix_str(_recomputing(f, stored[f]))
             row = check(f, stored[f], profile)
             atomic.write(row_file, lambda part: Path(part).write_text(json.dumps(row)))
         rows.append(json.loads(row_file.read_text()))
