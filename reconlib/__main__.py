@@ -122,6 +122,7 @@ def cmd_grid(args) -> dict:
         # the paper's three findings apart from finding 4: a store can be complete for the first before the second
         first = sum(kind == "dense" or c.key() in paper for kind, c in todo)
         return {"missing": len(todo), "missing_by_finding": {"dense and findings 1-3": first, "finding 4": len(todo) - first},
+                "cpu_hours": round(grid.hours([c for _, c in todo]), 1),
                 "runs": [grid.label(kind, c) for kind, c in todo]}
     done = parallel.compute(args.profile, workers=args.workers, executor=args.executor, address=args.address)
     return {"computed": len(done), "seconds": sum(s for _, _, s in done)}

@@ -3,6 +3,7 @@ with the same numbers, bit for bit (reconstruct.prune's `checkpoint`)."""
 from __future__ import annotations
 
 import copy
+import shutil
 from pathlib import Path
 
 import torch
@@ -19,7 +20,7 @@ def save(folder: Path, state, t: int, elapsed: float) -> None:
     for i in range(state.pos):
         if not (folder / f"block{i}.pt").is_file():
             _save(state.layers[i].state_dict(), folder / f"block{i}.pt")
-    _save({"t": t, "pos": state.pos, "elapsed": elapsed, "result": state.result.__dict__,
+    _save({"t": t, "pos": state.pos, "elapsed": elapsed, "result": state.result.__dict__, "writer": writer(),
                   "blocks": {i: state.layers[i].state_dict() for i in state.result.masks if i >= state.pos},
                   "dense": {i: b.state_dict() for i, b in state.dense.items()},
                   "streams": {k: (s.x_sparse, s.dense, s.pos) for k, s in state.streams.items()}},
@@ -32,6 +33,9 @@ def resume(folder: Path, state) -> tuple[int, float]:
     if not (folder / "state.pt").is_file():
         return 0, 0.0
     saved = torch.load(folder / "state.pt", weights_only=False)
+    if saved.get("writer") != writer():  # another code version or CPU: its blocks would mix into this run's numbers
+        shutil.rmtree(folder)
+        return 0, 0.0
     for i in range(saved["pos"]):
         state.layers[i].load_state_dict(torch.load(folder / f"block{i}.pt"))
     for i, sd in saved["blocks"].items():
@@ -45,6 +49,16 @@ def resume(folder: Path, state) -> tuple[int, float]:
     state.result.__dict__.update(saved["result"])
     state.pos = saved["pos"]
     return saved["t"], saved["elapsed"]
+
+
+def writer() -> dict:
+    """The code and kernels a checkpoint was written with: a run resumes only under the same ones, so that every
+    record is one code version's and one CPU's (a pair's two arms are compared bit for bit on one machine)."""
+    from . import provenance, verify
+
+    here = provenance.environment()
+    return {"source_digest": here["source_digest"], "kernels": verify.kernels(here),
+            "threads": here["machine"]["threads"]}
 
 
 def _save(obj, file: Path) -> None:

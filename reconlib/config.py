@@ -40,7 +40,11 @@ class RunConfig:
     ppl: tuple = ("wikitext2", "ptb")   # perplexity sets evaluated after pruning
     test_error: tuple = ("wikitext2",)  # test sets whose windows measure the per-block test error
     n_test: int = 8                     # test windows per test_error set
-    max_eval_windows: int = 0           # perplexity on the first K windows of each ppl set; 0 = the whole test set
+    max_eval_windows: int = 0           # perplexity on K windows of each ppl set (the first K, or spread: eval_len);
+                                        # 0 = the whole test set
+    eval_len: int = 0                   # perplexity windows of this many tokens, the max_eval_windows of them (and
+                                        # test_error's n_test windows) spread evenly over each whole test set, the same
+                                        # for every run; 0 = the earlier protocol: the first windows, of seq_len tokens
     zeroshot: tuple = ()                # zero-shot tasks evaluated after pruning
     zeroshot_limit: int = 0             # first K items of each zero-shot task; 0 = all items
     device: str = "auto"                # auto = cuda when available
@@ -85,13 +89,14 @@ class RunConfig:
              "criterion='magnitude', recon='lr', test_error=''")
         need(isinstance(self.sequential, bool), f"sequential must be true or false, got {self.sequential!r}")
         need(isinstance(self.early_stop, bool), f"early_stop must be true or false, got {self.early_stop!r}")
-        for name in ("self_gen", "extra_real", "holdout", "epochs", "max_eval_windows", "zeroshot_limit"):
+        for name in ("self_gen", "extra_real", "holdout", "epochs", "max_eval_windows", "zeroshot_limit", "eval_len"):
             need(isinstance(getattr(self, name), int) and getattr(self, name) >= 0,
                  f"{name} must be an integer ≥ 0, got {getattr(self, name)!r}")
         need(self.lr > 0, f"lr must be > 0, got {self.lr}")
         need(self.n_calib == 0 or self.batch_size <= self.n_calib + self.self_gen + self.extra_real,
              f"batch_size {self.batch_size} is larger than the calibration set ({self.n_calib} + {self.self_gen} "
              f"+ {self.extra_real} windows): lower batch_size or raise n_calib")
+        need(self.eval_len != 1, "eval_len=1 leaves no token to score: use 0 (seq_len windows) or e.g. 512")
         need(self.n_calib > 0 or not self.extra_real, "extra_real adds real windows to n_calib's: raise n_calib")
         need(self.n_calib > 0 or not self.holdout, "holdout windows are drawn beside n_calib's: raise n_calib")
         # (LR trains nothing, so there early_stop changes nothing, as epochs do not)
@@ -151,7 +156,7 @@ class RunConfig:
         return from_dict({**self.to_dict(), **overrides})
 
 
-ADDED = {"sequential": False, "extra_real": 0, "holdout": 0, "early_stop": False}  # fields added after records were first committed, left out of key() at their default
+ADDED = {"sequential": False, "extra_real": 0, "holdout": 0, "early_stop": False, "eval_len": 0}  # fields added after records were first committed, left out of key() at their default
 
 
 def check_contamination(calib: str, tasks, fix: str, who: str = "calib='boolq-passages'") -> None:

@@ -16,6 +16,11 @@ def block_error(y_dense: torch.Tensor, y_sparse: torch.Tensor, chunk: int = 16) 
     return total / y_dense.numel()
 
 
+def window_error(y_dense: torch.Tensor, y_sparse: torch.Tensor) -> list[float]:
+    """block_error of each window (N, T, d) → N numbers, whose mean is block_error."""
+    return [block_error(y_dense[n:n + 1], y_sparse[n:n + 1]) for n in range(y_dense.shape[0])]
+
+
 def _device(model) -> torch.device:
     return next(model.parameters()).device
 

@@ -89,9 +89,10 @@ def deciding(v: dict) -> str:
 
 # ------------------------------------------------------------------ runs → rows
 def ppl(record: dict, corpus: str, windows: int) -> float:
-    """Perplexity over the first `windows` windows (0 = all evaluated), from the per-window mean NLLs."""
+    """Perplexity over the first `windows` windows of a record evaluated on the whole test set (so that it reads
+    as the profile's other runs), else over all it evaluated, from the per-window mean NLLs."""
     nll = record["ppl_windows"][corpus]
-    nll = nll[:windows] if windows else nll
+    nll = nll[:windows] if windows and not record["config"]["max_eval_windows"] else nll
     return math.exp(sum(nll) / len(nll))
 
 
@@ -207,10 +208,8 @@ def verdict_error_reduction(df: pd.DataFrame) -> dict:
 
 # ------------------------------------------------------------------ finding 2
 def overfitting(profile: str, model: str, progress: bool = True) -> pd.DataFrame:
-    """SparseGPT BR+GP and BR+GP+CR, every seed (the rows finding 1 computed)."""
-    configs = [c for c in grid.error_reduction_cells(profile, model)
-               if c.criterion == "sparsegpt" and c.recon in ("br+gp", "br+gp+cr")]
-    return table(configs, profile, progress)
+    """SparseGPT BR+GP and BR+GP+CR on finding 2's seeds, with its evaluation (grid.overfitting_cells)."""
+    return table(grid.overfitting_cells(profile, model), profile, progress)
 
 
 METRICS = {"final_error": "calibration error", "test_error_wikitext2": "WikiText-2 test error",

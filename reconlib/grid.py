@@ -24,13 +24,17 @@ class Grid:
     zeroshot_limit: int     # items per zero-shot task, for the dense model and the rows in ZEROSHOT_ROWS
     full_eval: bool         # the intro table's rows get perplexity on the whole test sets
     lr: dict = field(default_factory=dict)  # model → Adam's lr, where the profile's overshoots (bench/lr_check.py)
-    fewer: dict = field(default_factory=dict)  # model → seeds of its magnitude and Wanda rows, where fewer
+    fewer: dict = field(default_factory=dict)  # model → seeds of its finding 4 runs, where fewer
     # finding 4 (early stopping): held-out windows, the (n_calib, epochs) settings it compares (the profile's own is
     # added), and the sweep on the first model's first seed that chose them
     holdout: int = 0
     stop_settings: tuple = ()
     stop_sweep: tuple = ()
     stop_control_seeds: int = 5  # seeds of the profile's own setting in finding 4 (the model's fewer, where fewer)
+    # findings 2 and 3 (their verdict runs): the evaluation they read, on top of the profile's, and the seeds of
+    # finding 2's pair (finding 3's arms run on the model's seeds)
+    evaluation: dict = field(default_factory=dict)
+    pair_seeds: tuple = ()
 
 
 GRIDS = {
@@ -42,9 +46,11 @@ GRIDS = {
                 n_calib=(16, 32, 64), self_gen=(0, 32, 64), zeroshot_limit=100, full_eval=True,
                 # lr 1e-3 makes Adam end above its start on Gemma 3 (block 0's error 1.9 → 4.7): the paper's 2e-4
                 lr={"gemma3-270m": 2e-4},
-                # Gemma 3's magnitude and Wanda steps cut its error by 22–66% a step: 3 seeds separate them,
-                # and the 2 seeds saved are 3.6 CPU-hours
                 fewer={"gemma3-270m": (0, 1, 2)},
+                # perplexity at a 512-token context on 80 windows spread over each test set (41k tokens): the
+                # fewest for which which-windows is at most 10% of a deciding part's variance (the evidence page,
+                # reconlib.robust); 10 seeds on finding 2's pair, where one seed less flipped both models' verdicts
+                evaluation=dict(eval_len=512, max_eval_windows=80), pair_seeds=tuple(range(10)),
                 # 16 windows × 8 epochs: the book's 64 Adam steps a unit on a quarter of its windows, where the
                 # calibration error falls 3.7× from 2 epochs and the test error does not; 4 windows overfit far
                 # more (the sweep of 4–16 windows × 8–32 epochs, on the page) but leave too little to reconstruct
@@ -91,6 +97,8 @@ def derive(profile: str, fixed: tuple = (), model: str | None = None, models=Non
               for f in ("epochs", "n_calib")}  # the reader's own value is a point of its sweep
     PROFILES[name] = {**PROFILES[profile], **fields, "model": chosen[0]}
     GRIDS[name] = replace(g, models={m: seeds or g.models.get(m, next(iter(g.models.values()))) for m in chosen},
+                          evaluation={k: v for k, v in g.evaluation.items() if k not in fields},
+                          pair_seeds=seeds or g.pair_seeds,
                           lr={m: v for m, v in g.lr.items() if m in chosen and "lr" not in fields},
                           fewer={m: v for m, v in g.fewer.items() if m in chosen and seeds is None}, **values)
     return name
@@ -152,8 +160,8 @@ def cell(profile: str, model: str | None = None, seed: int = 0, **fields) -> Run
     own, g = base(profile, model), grid(profile)
     config = own.replace(seed=seed, **fields)
     first_model, first_seed = next(iter(g.models)), g.models[config.model][0]
-    default = (config.epochs, config.n_calib, config.self_gen, config.extra_real, config.holdout) == \
-        (own.epochs, own.n_calib, 0, 0, 0)
+    default = (config.epochs, config.n_calib, config.self_gen, config.extra_real, config.holdout, config.eval_len) == \
+        (own.epochs, own.n_calib, 0, 0, 0, own.eval_len)
     row = (config.criterion, config.recon)
     extra = {}
     if config.recon != "lr" and config.model in g.lr:  # LR trains nothing: its records keep the profile's key
@@ -181,15 +189,14 @@ def lr(profile: str, model: str) -> float:
     return grid(profile).lr.get(model, base(profile, model).lr)
 
 
-def seeds(profile: str, model: str, criterion: str = "sparsegpt") -> tuple:
-    g = grid(profile)
-    return g.fewer.get(model, g.models[model]) if criterion in ("magnitude", "wanda") else g.models[model]
+def seeds(profile: str, model: str) -> tuple:
+    return grid(profile).models[model]
 
 
 def error_reduction_cells(profile: str, model: str) -> list[RunConfig]:
-    """Finding 1: every criterion × scheme, every seed (fewer for magnitude and Wanda where the grid says)."""
+    """Finding 1: every criterion × scheme, every seed."""
     return [cell(profile, model, s, criterion=c, recon=r) for s in seeds(profile, model) for c in CRITERIA
-            for r in SCHEMES if s in seeds(profile, model, c)]
+            for r in SCHEMES]
 
 
 def sweep_cells(profile: str, model: str, field: str) -> list[RunConfig]:
@@ -202,6 +209,14 @@ def sweep_cells(profile: str, model: str, field: str) -> list[RunConfig]:
             for v in values for s in seeds(profile, model) if v in read or s == seeds(profile, model)[0]]
 
 
+def overfitting_cells(profile: str, model: str) -> list[RunConfig]:
+    """Finding 2's pair, SparseGPT BR+GP and BR+GP+CR, on the grid's pair_seeds (else the model's), each seed's
+    two arms side by side, with the evaluation the grid gives the verdict runs."""
+    g = grid(profile)
+    return [cell(profile, model, s, criterion="sparsegpt", recon=r, **g.evaluation)
+            for s in g.pair_seeds or seeds(profile, model) for r in ("br+gp", "br+gp+cr")]
+
+
 def self_gen_cells(profile: str, model: str) -> dict[str, list[RunConfig]]:
     """Finding 3 and its two controls on every seed, SparseGPT BR+GP+CR. Adding k = n generated windows to n
     real ones changes two things besides the text: twice the Adam steps, and n more windows. So: "real" (no
@@ -211,7 +226,7 @@ def self_gen_cells(profile: str, model: str) -> dict[str, list[RunConfig]]:
     k = own.n_calib  # as many generated windows as real ones: twice the steps, a whole number of epochs
     variants = {"real": {}, "generated": dict(self_gen=k), "steps": dict(epochs=2 * own.epochs),
                 "more real": dict(extra_real=k)}
-    return {name: [cell(profile, model, s, criterion="sparsegpt", recon="br+gp+cr", **v)
+    return {name: [cell(profile, model, s, criterion="sparsegpt", recon="br+gp+cr", **grid(profile).evaluation, **v)
                    for s in seeds(profile, model)] for name, v in variants.items()}
 
 
@@ -257,9 +272,10 @@ def paper_runs(profile: str) -> list[RunConfig]:
     """The pruning runs of the paper's three findings, without repeats, in the order the pages read them."""
     out = {}
     for model in grid(profile).models:
+        verdict_runs = overfitting_cells(profile, model) + [c for cs in self_gen_cells(profile, model).values() for c in cs]
+        verdict_runs.sort(key=lambda c: c.seed)  # a seed's arms side by side: its pairs on one machine, in one session
         for c in error_reduction_cells(profile, model) + [
-                c for f in ("epochs", "n_calib", "self_gen") for c in sweep_cells(profile, model, f)] + [
-                c for cells in self_gen_cells(profile, model).values() for c in cells]:
+                c for f in ("epochs", "n_calib", "self_gen") for c in sweep_cells(profile, model, f)] + verdict_runs:
             out.setdefault(c.key(), c)
     return list(out.values())
 
@@ -278,7 +294,10 @@ def runs(profile: str) -> list[RunConfig]:
 
 
 def dense_runs(profile: str) -> list[RunConfig]:
-    return [dense_cell(profile, m, full) for m in grid(profile).models for full in (False, True)]
+    """The dense evaluations: the profile's (subset and full) and, where it has one, the verdict runs'."""
+    g = grid(profile)
+    return [dense_cell(profile, m, full) for m in g.models for full in (False, True)] + \
+        [base(profile, m, **g.evaluation) for m in g.models if g.evaluation]
 
 
 WHOLE_SET = 300_000   # tokens of a whole WikiText-2 or PTB test set, about
@@ -298,8 +317,9 @@ def cost(config: RunConfig) -> float:
     # trained windows before training and after each epoch
     trained += 2 * config.holdout + (config.train_epochs + 1) * (real + config.self_gen + config.holdout) * unit \
         * (config.holdout > 0)
-    evaluated = 2 * len(config.test_error) * config.n_test + len(config.ppl) * (config.max_eval_windows or 0)
+    evaluated = 2 * len(config.test_error) * config.n_test
     tokens = (4 * real + trained + evaluated + 10 * config.self_gen) * config.seq_len
+    tokens += len(config.ppl) * config.max_eval_windows * (config.eval_len or config.seq_len)
     tokens += len(config.ppl) * WHOLE_SET * (config.max_eval_windows == 0)
     tokens += len(config.zeroshot) * (config.zeroshot_limit or 1000) * ZEROSHOT_ITEM
     return (tokens + LOAD) / 1e6
@@ -318,4 +338,5 @@ def label(kind: str, config: RunConfig) -> str:
         return f"{config.model} dense"
     sweep = ", ".join(f"{k} {getattr(config, k)}" for k in ("epochs", "n_calib", "self_gen", "extra_real", "holdout"))
     sweep += ", early stop" if config.early_stop else ""
+    sweep += f"; perplexity on {config.max_eval_windows} × {config.eval_len}" if config.eval_len else ""
     return f"{config.model} {config.criterion} {config.recon} seed {config.seed} ({sweep})"

@@ -15,14 +15,22 @@ from . import data, evaluate, lazy, models, reconstruct
 from .config import RunConfig
 from .provenance import environment, pin, seal
 
-DENSE_FIELDS = ("model", "seq_len", "ppl", "max_eval_windows", "zeroshot", "zeroshot_limit", "device")
+DENSE_FIELDS = ("model", "seq_len", "ppl", "max_eval_windows", "eval_len", "zeroshot", "zeroshot_limit", "device")
+
+
+def dense_config(config: RunConfig) -> dict:
+    """The fields of a dense record's config (and its key): eval_len left out at 0, as records before it were."""
+    values = config.to_dict()
+    return {k: values[k] for k in DENSE_FIELDS if not (k == "eval_len" and values[k] == 0)}
 
 
 def _bos(model, tokenizer, config: RunConfig) -> int | None:
     """The BOS id every window starts with (Gemma), or None; refuses windows beyond the context."""
     context = getattr(model.config, "max_position_embeddings", None)
-    if context and config.seq_len > context:
-        raise ValueError(f"seq_len {config.seq_len} exceeds the context of {config.model} ({context} tokens)")
+    for name in ("seq_len", "eval_len"):
+        if context and getattr(config, name) > context:
+            raise ValueError(f"{name} {getattr(config, name)} exceeds the context of {config.model} ({context} tokens): "
+                             f"lower it to {context} or less")
     return tokenizer.bos_token_id if models.needs_bos(model) else None
 
 
@@ -33,7 +41,8 @@ def _evaluate(model, tokenizer, config: RunConfig, bos, device) -> tuple[dict, d
     model.to(device)
     for name in config.ppl:
         start = time.perf_counter()
-        windows = data.eval_windows(name, tokenizer, config.seq_len, bos, config.max_eval_windows)
+        windows = data.eval_windows(name, tokenizer, config.eval_len or config.seq_len, bos, config.max_eval_windows,
+                                    spread=config.eval_len > 0)
         nll[name] = evaluate.window_nll(model, windows)
         ppl[name] = math.exp(math.fsum(nll[name]) / len(nll[name]))
         seconds[f"ppl_{name}"] = time.perf_counter() - start
@@ -54,7 +63,7 @@ def compute_dense(config: RunConfig) -> dict:
     loaded = time.perf_counter() - started
     bos = _bos(model, tokenizer, config)
     ppl, nll, zs, seconds = _evaluate(model, tokenizer, config, bos, config.placement[0])
-    return seal({"config": {k: config.to_dict()[k] for k in DENSE_FIELDS}, "ppl": ppl, "ppl_windows": nll,
+    return seal({"config": dense_config(config), "ppl": ppl, "ppl_windows": nll,
                  "zeroshot": zs, "seconds": {"load": loaded, **seconds}, **environment(),
                  "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
 
@@ -89,7 +98,8 @@ def compute(config: RunConfig, progress: bool = True, out: str | Path | None = N
     real = data.calibration_set(config.calib, tokenizer, trained, config.seq_len, config.seed, bos, config.holdout) \
         if config.n_calib else torch.zeros(0, config.seq_len, dtype=torch.long)  # magnitude LR from weights alone
     calib, extra, holdout = real[:config.n_calib], real[config.n_calib:trained], real[trained:]
-    test = {name: data.eval_windows(name, tokenizer, config.seq_len, bos, config.n_test) for name in config.test_error}
+    test = {name: data.eval_windows(name, tokenizer, config.seq_len, bos, config.n_test, spread=config.eval_len > 0)
+            for name in config.test_error}
     if config.self_gen:
         from .selfgen import self_generated
 
@@ -120,6 +130,8 @@ def compute(config: RunConfig, progress: bool = True, out: str | Path | None = N
         "block_error_from1": result.block_error_from1,
         "test_block_error": result.test_block_error,
         "test_final_error": {k: v[-1] for k, v in result.test_block_error.items()},
+        # per test window (the later protocol): which windows were drawn is part of a change's variance
+        **({"test_error_windows": result.test_window_error} if config.eval_len else {}),
         "unit_loss": result.unit_loss, "ppl": ppl, "ppl_windows": nll, "zeroshot": zs,
         "seconds": {"prune": result.seconds, **seconds, "total": time.perf_counter() - started + max(resumed, 0.0),
                     **({"monitor": result.monitor_seconds} if config.holdout else {})},

@@ -20,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import arch, checkpoints, criteria, memory, sparsegpt
+from .evaluate import window_error
 from .training import train
 from .config import RunConfig
 from .streams import Streams, autocast, on, run
@@ -31,6 +32,7 @@ class Result:
     block_error: list[float] = field(default_factory=list)        # calibration error after each block (method.md §4)
     block_error_from1: list[float] = field(default_factory=list)  # the same without position 0 (massive activations)
     test_block_error: dict[str, list[float]] = field(default_factory=dict)  # the same on test windows, per test set
+    test_window_error: dict[str, list[float]] = field(default_factory=dict)  # the last block's, per test window
     holdout_block_error: list[float] = field(default_factory=list)  # the same on the held-out calibration windows
     layer_sparsity: dict[str, float] = field(default_factory=dict)  # "i.name" → achieved fraction of zeros
     sparsity: float = 0.0                                         # over all pruned layers
@@ -139,6 +141,8 @@ class Pass:
         result.block_error_from1.append(error_from1)
         for name, s in self.test.items():
             result.test_block_error[name].append(s.advance(self.layers[i], *self._stream_args())[0])
+            if s.pos == len(self.layers):  # the final error, window by window
+                result.test_window_error[name] = window_error(s.dense[s.pos], s.x_sparse)
         if self.holdout:
             result.holdout_block_error.append(self.holdout.advance(self.layers[i], *self._stream_args())[0])
         del self.dense[i]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from . import atomic, models, pipeline
 from .config import RunConfig
-from .pipeline import DENSE_FIELDS
+from .pipeline import dense_config
 from .provenance import seal, unsealed  # noqa: F401 (the store's integrity check, where readers look for it)
 
 
@@ -26,7 +26,7 @@ def path(config: RunConfig) -> Path:
 
 
 def dense_path(config: RunConfig) -> Path:
-    blob = json.dumps({k: config.to_dict()[k] for k in DENSE_FIELDS}, sort_keys=True)
+    blob = json.dumps(dense_config(config), sort_keys=True)
     return results_dir() / f"dense-{hashlib.sha256(blob.encode()).hexdigest()[:16]}{models.local_stamp(config.model)}.json"
 
 
