@@ -63,9 +63,34 @@ def compute_dense(config: RunConfig) -> dict:
     loaded = time.perf_counter() - started
     bos = _bos(model, tokenizer, config)
     ppl, nll, zs, seconds = _evaluate(model, tokenizer, config, bos, config.placement[0])
+    scale = {name: output_mean_square(model, data.eval_windows(name, tokenizer, config.seq_len, bos, config.n_test,
+                                                               spread=True)) for name in config.test_error}
     return seal({"config": dense_config(config), "ppl": ppl, "ppl_windows": nll,
+                 # the later protocol's: the scale that makes a block error comparable across models
+                 **({"output_mean_square": scale} if config.eval_len else {}),
                  "zeroshot": zs, "seconds": {"load": loaded, **seconds}, **environment(),
                  "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
+
+
+@torch.inference_mode()
+def output_mean_square(model, windows: torch.Tensor) -> float:
+    """mean(x̄_L²) over the windows (W, T): the dense last block's output, the scale of the block error (method.md
+    §4). Gemma 3's residual stream runs ~500× SmolLM2's in it, so an error over it reads on one scale for both."""
+    from . import arch
+
+    seen = []
+    hook = arch.blocks(model)[-1].register_forward_hook(lambda m, args, out: seen.append(
+        (out[0] if isinstance(out, tuple) else out).double().pow(2).sum().item()))
+    try:
+        for start in range(0, len(windows), 8):
+            model.base_model(input_ids=windows[start:start + 8].to(_device(model)), use_cache=False)
+    finally:
+        hook.remove()
+    return math.fsum(seen) / (windows.numel() * model.config.hidden_size)
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
 
 
 def compute(config: RunConfig, progress: bool = True, out: str | Path | None = None, low_memory: bool = False,
