@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import fields
 
@@ -107,6 +108,12 @@ def cmd_report(args) -> dict:
         return {"checked": len(rows), "failed": [r["record"] for r in rows if r["failures"] or r["flipped"]],
                 "cases": sorted({r["case"] for r in rows}), "largest_relative_difference": max(
                     (r["worst"] for r in rows), default=0.0)}
+    if args.command == "summary":  # one pass of the robustness checks for both pages
+        rows = report.assessed(args.profile)
+        _write(report.summary_markdown(args.profile, rows), args.out)
+        if args.out:
+            _write(report.robust_markdown(args.profile, rows), os.path.join(os.path.dirname(args.out), "robust.md"))
+        return {}
     text = {"summary": report.summary_markdown, "cost": report.cost_markdown, "rule": report.rule_markdown,
             "records": lambda profile: report.records_markdown()}[args.command](args.profile)
     _write(text, args.out)

@@ -6,6 +6,7 @@ a run missing from the store is computed (records.run) and recorded.
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 from dataclasses import dataclass
@@ -75,6 +76,24 @@ def judge(finding: str, parts: list[Part], unit: str, claimed_by: str = "paper")
             "tests": {p.name: p for p in parts}}
 
 
+PRIMARY = {"1": "sparsegpt final error, LR → BR", "2": "WikiText-2 perplexity, BR+GP → BR+GP+CR",
+           "3": "WikiText-2 perplexity, real → generated", "3a": "WikiText-2 perplexity, steps → generated",
+           "3b": "WikiText-2 perplexity, more real → generated", "4": "WikiText-2 perplexity, fixed → early stop",
+           "4a": "WikiText-2 perplexity, more real → early stop"}
+
+
+def number(v: dict) -> str:
+    """'2' for finding 2's verdict, '3a' for its first control."""
+    return v["finding"].split(" ", 1)[0].rstrip(".")
+
+
+def primary(v: dict) -> str:
+    """The part a finding is read by when all the book's verdicts are corrected together (robust.primary_holm),
+    named before any run: the paper's headline of each claim. LR → BR is the step that makes reconstruction
+    (finding 1), and perplexity is what a reader of findings 2–4 prunes for."""
+    return PRIMARY[number(v)]
+
+
 def deciding(v: dict) -> str:
     """The part that decides a verdict, with its numbers: the weakest part of one that holds, the part against
     it of one that does not, and the part furthest from significance otherwise."""
@@ -96,6 +115,9 @@ def ppl(record: dict, corpus: str, windows: int) -> float:
     return math.exp(sum(nll) / len(nll))
 
 
+COLUMNS = ["model", "seed", "criterion", "sparsity", "recon", "epochs", "n_calib", "self_gen", "extra_real",
+           "final_error", "final_error_from1", "position0_share_%", "test_error_wikitext2", "test_error_ptb",
+           "ppl_wikitext2", "ppl_ptb", "seconds", "seconds_total", "peak_memory_mb", "cpu", "source", "windows"]
 UNNAMED = "unnamed"  # the CPU of a record older than machine fingerprints
 
 
@@ -114,6 +136,11 @@ def row(record: dict, subset: int) -> dict:
     out["seconds"], out["seconds_total"] = record["seconds"]["prune"], record["seconds"]["total"]
     out["peak_memory_mb"] = record["peak_memory_mb"]
     out["cpu"] = record.get("machine", {}).get("cpu_model") or UNNAMED  # a pair's arms may differ in it
+    out["source"] = record.get("source_digest")
+    # the per-window values the evaluation metrics are means of, for the bootstrap over windows (robust.py)
+    out["windows"] = {f"ppl_{k}": v[:subset] if subset and not c["max_eval_windows"] else v
+                      for k, v in record["ppl_windows"].items()} | \
+        {f"test_error_{k}": v for k, v in record.get("test_error_windows", {}).items()}
     return out
 
 
@@ -137,6 +164,40 @@ def machines(df: pd.DataFrame) -> str:
          "besides the method's effect")
 
 
+def mixed_pairs(df: pd.DataFrame, key: str) -> pd.DataFrame:
+    """The groups of runs a verdict compares (the same seed, and criterion or setting, across the values of `key`)
+    whose runs differ in code version (source_digest) or CPU model: each is a pair whose change carries more than
+    the method's effect. Empty is the target."""
+    if not len(df):
+        return pd.DataFrame(columns=["model", "seed", "differs in"])
+    by = ["model", "seed"] + [c for c in ("criterion", "setting", "recon") if c in df and c != key]
+    rows = []
+    for group, g in df.groupby(by, sort=False):
+        what = [name for name, col in (("code version", "source"), ("CPU", "cpu")) if g[col].nunique(dropna=False) > 1]
+        if what:
+            rows.append(dict(zip(by, group)) | {"differs in": " and ".join(what)})
+    return pd.DataFrame(rows, columns=by + ["differs in"])
+
+
+def relative(df: pd.DataFrame, profile: str) -> pd.DataFrame:
+    """Each error in % of the dense last block's mean square (its dense record of the verdict runs' evaluation):
+    Gemma 3's residual stream runs ~500× SmolLM2's, and these read on one scale. Calibration error against
+    WikiText-2's scale (the calibration text is WikiText-2's validation split)."""
+    g = grid.grid(profile)
+    out = df.copy()
+    for model in df.model.unique():
+        record = records.read(records.dense_path(grid.base(profile, model, **g.evaluation))) if g.evaluation else None
+        scale = (record or {}).get("output_mean_square")
+        if not scale:
+            continue
+        rows = out.model == model
+        for metric, corpus in (("final_error", "wikitext2"), ("test_error_wikitext2", "wikitext2"),
+                               ("test_error_ptb", "ptb")):
+            if metric in out and corpus in scale:
+                out.loc[rows, metric + "_rel_%"] = 100 * out.loc[rows, metric] / scale[corpus]
+    return out
+
+
 def computing() -> bool:
     """Whether the findings compute the runs missing from the store (the default), or read the store as it is
     and leave them out (RECONLIB_COMPUTE=0, as `make book` does: `make records` computes them side by side)."""
@@ -148,7 +209,8 @@ def table(configs: list[RunConfig], profile: str, progress: bool = True) -> pd.D
     `computing()`: then a missing run has no row)."""
     # perplexity over the windows every run of the profile reports (its max_eval_windows; 0 = whole test set)
     subset = grid.base(profile).max_eval_windows
-    return pd.DataFrame([row(r, subset) for r in read(configs, progress)])
+    rows = [row(r, subset) for r in read(configs, progress)]
+    return pd.DataFrame(rows) if rows else pd.DataFrame(columns=COLUMNS)  # the columns, before any run is in
 
 
 def read(configs: list[RunConfig], progress: bool = True) -> list[dict]:
@@ -161,7 +223,8 @@ def read(configs: list[RunConfig], progress: bool = True) -> list[dict]:
 HEADERS = {"final_error": "final error", "final_error_from1": "w/o pos. 0", "reduction_vs_lr_%": "cut vs LR %",
            "position0_share_%": "pos. 0 share %", "test_error_wikitext2": "test err. WT2", "test_error_ptb": "test err. PTB",
            "ppl_wikitext2": "ppl WT2", "ppl_ptb": "ppl PTB", "peak_memory_mb": "peak MB",
-           "holdout_error": "held-out err.", "stop_fraction": "stop"}
+           "holdout_error": "held-out err.", "stop_fraction": "stop", "final_error_rel_%": "final err. % ȳ²",
+           "test_error_wikitext2_rel_%": "test WT2 % ȳ²", "test_error_ptb_rel_%": "test PTB % ȳ²"}
 
 
 def spread(df: pd.DataFrame, by: list[str], metrics: list[str]) -> pd.DataFrame:
@@ -284,14 +347,14 @@ def self_generated(profile: str, model: str, progress: bool = True) -> pd.DataFr
     """Finding 3's runs and its controls on every seed, one row each, `variant` naming which (grid.self_gen_cells)."""
     cells = grid.self_gen_cells(profile, model)
     parts = [table(c, profile, progress).assign(variant=name) for name, c in cells.items()]
-    return pd.concat([p for p in parts if len(p)], ignore_index=True)
+    return pd.concat(parts, ignore_index=True) if any(len(p) for p in parts) else parts[0]
 
 
 def verdict_self_generated(df: pd.DataFrame, against: str = "real") -> dict:
     """The generated windows lower the test error on every set and the perplexity, compared with `against`:
     "real" (the paper's claim), "steps" (the same Adam steps without generated text) or "more real" (as many
     more real windows, for reconstruction only)."""
-    k = int(df.self_gen.max())
+    k = int(df.self_gen.max()) if len(df) else 0  # before any run: "not measured yet"
     claim = {"real": f"3. Adding {k} self-generated windows lowers test error and perplexity",
              "steps": "3a. … more than training as many steps on the real windows alone",
              "more real": f"3b. … more than adding {k} more real windows"}[against]
@@ -317,12 +380,18 @@ def curves(profile: str, model: str, data: str = "calibration") -> pd.DataFrame:
 
 def words(verdicts_: list[dict]) -> dict:
     """(finding, part) → verdict word, for every part of these verdicts: what `records verify` holds fixed."""
-    return {(v["finding"], part): word for v in verdicts_ for part, word in v["words"].items()}
+    return {(v["finding"], part): word for v in verdicts_ for part, word in {**v["words"], "verdict": v["verdict"]}.items()}
+
+
+def recipes(profile: str, model: str, progress: bool = False) -> list[tuple]:
+    """Each finding's verdict on one model as (its rows, the function that judges them, the column its arms
+    differ in): what the pages print, and what robust.py alters to test them."""
+    f3 = self_generated(profile, model, progress)
+    return [(error_reduction(profile, model, progress), verdict_error_reduction, "recon"),
+            (overfitting(profile, model, progress), verdict_overfitting, "recon")] + [
+            (f3, functools.partial(verdict_self_generated, against=a), "variant") for a in ("real", "steps", "more real")]
 
 
 def verdicts(profile: str, model: str, progress: bool = False) -> list[dict]:
     """Every finding's verdict on one model: 1, 2, and 3 with its two controls."""
-    f3 = self_generated(profile, model, progress)
-    return [verdict_error_reduction(error_reduction(profile, model, progress)),
-            verdict_overfitting(overfitting(profile, model, progress))] + [
-            verdict_self_generated(f3, against) for against in ("real", "steps", "more real")]
+    return [judge_(df) for df, judge_, _ in recipes(profile, model, progress)]

@@ -6,21 +6,50 @@ from collections import Counter
 
 import pandas as pd
 
-from . import findings, grid, provenance, records, stats, stopping, verify
+from . import findings, grid, provenance, records, robust, stats, stopping, verify
 from . import paper as paper_
 from .config import SCHEMES
 
 
-def verdicts(profile: str) -> pd.DataFrame:
-    """finding × model → verdict, the part that decides it (mean change, 95% CI, p) and n."""
-    rows = []
+def assessed(profile: str) -> list[dict]:
+    """Every finding × model: its verdict, its robustness (robust.assess; None before any run) and the pairs it reads
+    that mix code versions or CPUs. The one pass the summary and the evidence page's robustness tables share."""
+    out = []
     for model in grid.grid(profile).models:
-        for v in stopping.every_verdict(profile, model):
-            n = sorted({p.test.n for p in v["tests"].values()})
-            rows.append({"finding": v["finding"].split(" ", 1)[0].rstrip("."), "model": model, "verdict": v["verdict"],
-                         "deciding part: change [95% CI], p": findings.deciding(v),
-                         "n": "–".join(map(str, (n[0], n[-1]) if n[0] != n[-1] else n[:1]))})
-    return pd.DataFrame(rows)
+        for df, judge, key in stopping.every_recipe(profile, model):
+            v = judge(df)
+            out.append({"model": model, "verdict": v, "mixed": findings.mixed_pairs(df, key),
+                        "robust": robust.assess(df, judge, key, model) if v["verdict"] != stats.NONE else None})
+    return out
+
+
+def verdicts(profile: str, rows: list[dict] | None = None) -> pd.DataFrame:
+    """finding × model → verdict, the part that decides it (mean change, 95% CI, p), n, and robust or fragile."""
+    table = []
+    for r in rows if rows is not None else assessed(profile):
+        v = r["verdict"]
+        n = sorted({p.test.n for p in v["tests"].values()})
+        table.append({"finding": findings.number(v), "model": r["model"], "verdict": v["verdict"],
+                      "deciding part: change [95% CI], p": findings.deciding(v),
+                      "n": "–".join(map(str, (n[0], n[-1]) if n[0] != n[-1] else n[:1])),
+                      "robustness": robust.word(r["robust"]) if r["robust"] else "—"})
+    return pd.DataFrame(table)
+
+
+def together(rows: list[dict]) -> str:
+    """In words: how many verdicts survive Holm across the book's primary parts, and how many pairs mix versions."""
+    decided = [r["verdict"] for r in rows if r["verdict"]["verdict"] in (stats.HOLDS, stats.FAILS)]
+    survive = robust.primary_holm([r["verdict"] for r in rows])
+    mixed = sum(len(r["mixed"]) for r in rows)
+    names = ", ".join(f"{findings.number(v)} on {r['model']} ({v['verdict']})" for r in rows for v in survive
+                      if v is r["verdict"])
+    return (f"**Read together.** Each finding has one primary part, named in code before its runs "
+            f"(`findings.PRIMARY`: SparseGPT's LR → BR step for finding 1, WikiText-2 perplexity for the others). "
+            f"With a two-sided test on each and Holm's correction across all {len(rows)} findings × models, "
+            f"{len(survive)} of the {len(decided)} decided verdicts keep their direction"
+            + (f": {names}." if survive else ".")
+            + f" **Pairs that mix code versions or CPU models** among the runs the verdicts read: {mixed} "
+            f"(the target is 0; the evidence page lists them).")
 
 
 def rule_markdown(profile: str = "cpu") -> str:
@@ -51,7 +80,8 @@ def intro_table(profile: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def summary_markdown(profile: str = "cpu") -> str:
+def summary_markdown(profile: str = "cpu", rows: list[dict] | None = None) -> str:
+    rows = assessed(profile) if rows is None else rows
     base = grid.base(profile)
     models = ", ".join(f"{m} ({len(s)} seed{'s' * (len(s) > 1)})" for m, s in grid.grid(profile).models.items())
     lrs = ", ".join(f"{grid.lr(profile, m):g} ({m})" for m in grid.grid(profile).models)
@@ -61,14 +91,16 @@ def summary_markdown(profile: str = "cpu") -> str:
     head = (f"Models: {models}. {base.sparsity} sparsity, {base.n_calib} × {base.seq_len} calibration tokens "
             f"({base.calib}), {base.epochs} epochs of Adam at lr {lrs}, batch {base.batch_size} "
             f"(profile `{profile}`).{pending} *Deciding part*: the weakest part of a finding that holds, the part "
-            f"against the paper of one that does not, else the part furthest from significance.\n\n")
+            f"against the paper of one that does not, else the part furthest from significance. *Robustness*: "
+            f"robust when the verdict survives the four checks of the evidence page (an exact test, one seed less, "
+            f"other evaluation windows, the kernels' spread), else fragile, with why.\n\n")
     rule = ("\n\nThe rule (the evidence page has it in full, with its error rates): a one-sided paired t-test "
             "per part at α = 0.05; *holds* when every part is significant in the paper's direction.\n")
     model = next(iter(grid.grid(profile).models))
     intro = (f"\n\nPerplexity on the whole test sets ({base.seq_len}-token windows) and mean zero-shot accuracy "
              f"(%, {grid.grid(profile).zeroshot_limit or 'all'} items a task) of {model}, seed "
              f"{grid.seeds(profile, model)[0]}:\n\n" + intro_table(profile).round(2).to_markdown(index=False))
-    return head + verdicts(profile).to_markdown(index=False) + rule + intro + "\n"
+    return head + verdicts(profile, rows).to_markdown(index=False) + "\n\n" + together(rows) + rule + intro + "\n"
 
 
 def records_markdown() -> str:
@@ -153,7 +185,7 @@ def verify_markdown(rows: list[dict]) -> str:
             f"the record names other kernels or none, and every number agrees to that tolerance all the same. *other kernels*: each "
             f"field's band is {verify.SPREAD:g} × the largest relative difference that recomputing under "
             f"{', '.join(map(str, verify.variants()))} makes in it here, at least {verify.FLOOR:g}. "
-            + (f"{len(flips)} of them were checked against the findings' verdicts, and none changed sign with the "
+            + (f"{len(flips)} of them were checked against the findings' verdicts, and no verdict or part changed with the "
                "recomputed record." if flips else "None was checked against the findings' verdicts: that needs the "
                "record's model to have every run of the grid in the store.") + "\n\n" + table.to_markdown(index=False) + "\n")
 
@@ -177,3 +209,62 @@ def audit_markdown(rows: list[dict]) -> str:
             "*same numbers* and *same kernels* mean that code gives the stored numbers (to a relative 1e-9); "
             "*other kernels* that they differ and how far. Generated, and committed because it takes an hour or "
             f"more; written {time.strftime('%Y-%m-%d')}.\n\n" + table.to_markdown(index=False) + "\n")
+
+
+def robust_markdown(profile: str = "cpu", rows: list[dict] | None = None) -> str:
+    """The evidence page's robustness tables: each verdict's four checks, the share of each part's variance that
+    comes from which windows were evaluated, the evaluation's cost per run, and the pairs that mix versions."""
+    rows = assessed(profile) if rows is None else rows
+    checks, shares, mixed = [], [], []
+    for r in rows:
+        a, v = r["robust"], r["verdict"]
+        if a is None:
+            continue
+        e, (delta, arm) = a["exact"], a["shift"]
+        deciding = findings.deciding(v).split(":", 1)[0]
+        checks.append({"finding": findings.number(v), "model": r["model"], "verdict": v["verdict"],
+                       "exact p (deciding)": findings.fmt_p(e["p"].get(deciding, float("nan"))),
+                       "n / needed": f"{e['n']} / {e['needed']}",
+                       "without one seed": "changes: " + ", ".join(map(str, a["loo"])) if a["loo"] else "same",
+                       "window draws kept": f"{100 * a['windows']['keep']:.0f}%" if a["windows"]["metrics"] else "no windows",
+                       "shift that flips": f"{100 * delta:.2g}% ({arm})" if arm is not None else "> 100%",
+                       "kernel band": f"{100 * a['band']:.2g}%" if a["band"] is not None else "not measured",
+                       "robust": "yes" if a["robust"] else "no"})
+        for part, share in a["windows"]["share"].items():
+            shares.append({"finding": findings.number(v), "model": r["model"], "part": part,
+                           "deciding": "yes" if part == deciding else "", "window share %": round(100 * share, 1)})
+        mixed += [{"finding": findings.number(v), **m} for m in r["mixed"].to_dict("records")]
+    cost = evaluation_cost(profile)
+    return ("Each verdict's four checks (reconlib/robust.py). *exact p*: the sign-flip test of the deciding part, "
+            "over all 2ⁿ sign assignments; *needed*: the fewest seeds at which that test can say the verdict at all. "
+            "*Without one seed*: the seeds whose removal changes it. *Window draws kept*: the share of "
+            f"{robust.DRAWS} bootstraps of the evaluation windows (the same draw for every run) that keep it; robust "
+            f"needs {100 * robust.KEEP:.0f}%. *Shift that flips*: the smallest relative change of one arm's metrics, "
+            "all seeds at once, that changes the verdict, against the spread kernel code paths make in a "
+            "cross-block run (`records band`).\n\n"
+            + (pd.DataFrame(checks).to_markdown(index=False) if checks else "No verdict has runs yet.")
+            + "\n\n**How much of a change comes from which windows were evaluated.** For each part with evaluation "
+            "windows: the variance of its mean change over the window bootstraps, as a share of that plus the "
+            f"variance over seeds divided by n. The evaluation is sized so that deciding parts stay under "
+            f"{100 * robust.SHARE:.0f}% (grid.py).\n\n"
+            + (pd.DataFrame(shares).to_markdown(index=False) if shares else "No part has evaluation windows yet.")
+            + "\n\n" + cost + "\n\n**Pairs that mix code versions or CPU models**: "
+            + (pd.DataFrame(mixed).fillna("").to_markdown(index=False) if mixed else "none.") + "\n")
+
+
+def evaluation_cost(profile: str) -> str:
+    """What the verdict runs' evaluation costs a run, per model, from their records."""
+    g = grid.grid(profile)
+    if not g.evaluation:
+        return ""
+    rows = []
+    for model in g.models:
+        done = [r for r in findings.read(grid.overfitting_cells(profile, model), progress=False)]
+        if done:
+            seconds = [sum(v for k, v in r["seconds"].items() if k.startswith("ppl_")) for r in done]
+            rows.append({"model": model, "runs": len(done), "perplexity s a run": round(sum(seconds) / len(seconds)),
+                         "of the run %": round(100 * sum(seconds) / sum(r["seconds"]["total"] for r in done), 1)})
+    e = g.evaluation
+    return (f"**The evaluation's cost.** Perplexity at a {e['eval_len']}-token context on {e['max_eval_windows']} "
+            f"windows spread over each test set, one thread:\n\n"
+            + (pd.DataFrame(rows).to_markdown(index=False) if rows else "no verdict run yet."))

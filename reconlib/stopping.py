@@ -2,6 +2,7 @@
 stopping on it (RunConfig.holdout, early_stop; the runs are grid.early_stop_cells and grid.stop_sweep_cells)."""
 from __future__ import annotations
 
+import functools
 import math
 
 import pandas as pd
@@ -75,15 +76,25 @@ def verdict(df: pd.DataFrame, against: str, setting_: str) -> dict:
     return judge(claim, parts, "metric's units", claimed_by="claim")
 
 
-def verdicts(profile: str, model: str, progress: bool = False) -> list[dict]:
-    """Finding 4's two verdicts on one model (4: against fixed epochs, 4a: against training on the windows)."""
+def recipes(profile: str, model: str, progress: bool = False) -> list[tuple]:
+    """Finding 4's two verdicts on one model (4: against fixed epochs, 4a: against training on the windows), as
+    findings.recipes gives them."""
     df = runs(profile, model, progress)
-    return [verdict(df, against, overfit_setting(profile)) for against in ("fixed", "more real")]
+    return [(df, functools.partial(verdict, against=a, setting_=overfit_setting(profile)), "variant")
+            for a in ("fixed", "more real")]
+
+
+def verdicts(profile: str, model: str, progress: bool = False) -> list[dict]:
+    return [judge_(df) for df, judge_, _ in recipes(profile, model, progress)]
+
+
+def every_recipe(profile: str, model: str) -> list[tuple]:
+    """Findings 1–4 on one model: what the summary table prints, `records verify` holds fixed and robust.py tests."""
+    return findings.recipes(profile, model) + recipes(profile, model)
 
 
 def every_verdict(profile: str, model: str) -> list[dict]:
-    """Findings 1–4 on one model: what the summary table prints and `records verify` holds fixed."""
-    return findings.verdicts(profile, model) + verdicts(profile, model)
+    return [judge_(df) for df, judge_, _ in every_recipe(profile, model)]
 
 
 def _in(df: pd.DataFrame, setting_: str) -> pd.DataFrame:

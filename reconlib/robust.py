@@ -1,0 +1,205 @@
+"""Would a verdict survive a reviewer's four questions? Each check reruns the verdict rule (stats.verdicts, through
+the finding's own function) on altered rows, and a verdict that survives all four is **robust**:
+
+1. **exact test**: the sign-flip (randomization) p of each deciding part agrees with the t-test's word, and the
+   seeds are enough for an exact test to reach that word at all (n ≥ 5 for one-sided α = 0.05: 2⁻⁵ = 1/32);
+2. **one seed less**: removing any one seed leaves the verdict as it is;
+3. **other windows**: a bootstrap over the evaluation windows (the same draw for every run, since every run reads
+   the same windows) keeps it in at least KEEP of the draws;
+4. **kernels**: the smallest shift of one arm's metrics that flips it is wider than the spread that kernel code
+   paths make in that arm (`records band` measures it; verify.py has the variants).
+
+A verdict is given as (rows, the finding's verdict function, the column its arms differ in): `findings.recipes`.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import stats
+
+KEEP = 0.95      # share of window draws that must keep the verdict
+DRAWS = 200      # window draws per verdict: the keep share's standard error is then ≤ 3.5% (1.5% near KEEP)
+SHARE = 0.10     # the most of a change's variance that which-windows may take (the evaluation's size: grid.py)
+BAND = Path(__file__).resolve().parents[1] / "book" / "kernel_band.json"
+
+
+# ------------------------------------------------------------------ 1. the exact test
+def sign_flip(effects) -> tuple[float, float]:
+    """Exact one-sided p of mean(effects) > 0 (and < 0) over all 2ⁿ sign assignments: no normality assumed,
+    and no p below 2⁻ⁿ whatever the effect."""
+    e = np.asarray(effects, dtype=float)
+    if len(e) == 0:
+        return math.nan, math.nan
+    signs = np.array(list(itertools.product((1.0, -1.0), repeat=len(e))))  # (2ⁿ, n)
+    means, observed = signs @ e, e.sum()
+    tol = 1e-12 * max(1.0, abs(observed))
+    return float((means >= observed - tol).mean()), float((means <= observed + tol).mean())
+
+
+def seeds_needed(word: str, parts: int) -> int:
+    """The fewest seeds at which the sign-flip test can say `word`: 2⁻ⁿ < α for holds (each part at α), 2⁻ⁿ ≤ α / parts
+    for does not hold (Holm's first step). A null (not separable) needs as many as a holds could have."""
+    level = stats.ALPHA / parts if word == stats.FAILS else stats.ALPHA
+    return math.ceil(math.log2(1 / level) + 1e-9)
+
+
+def exact(v: dict) -> dict:
+    """The deciding parts' sign-flip p against the verdict's word → {p: {part: p}, needed, n, agrees}."""
+    parts = list(v["tests"].values())
+    tested = [p for p in parts if p.test.n]
+    n = min((p.test.n for p in tested), default=0)
+    flips = {p.name: sign_flip([p.direction * c for c in p.changes]) for p in tested}
+    if v["verdict"] == stats.HOLDS:
+        p = {k: f[0] for k, f in flips.items()}
+        agrees = all(x < stats.ALPHA for x in p.values())
+    elif v["verdict"] == stats.FAILS:
+        p = {k: f[1] for k, f in flips.items()}
+        agrees = any(stats.holm(list(p.values())))
+    else:
+        p = {k: f[0] for k, f in flips.items()}
+        agrees = not all(x < stats.ALPHA for x in p.values()) and not any(stats.holm([f[1] for f in flips.values()]))
+    return {"p": p, "needed": seeds_needed(v["verdict"], len(parts)), "n": n, "agrees": agrees}
+
+
+# ------------------------------------------------------------------ 2. one seed less
+def leave_one_out(df: pd.DataFrame, verdict) -> list:
+    """The seeds without which the verdict changes."""
+    word = verdict(df)["verdict"]
+    return [s for s in sorted(df.seed.unique()) if verdict(df[df.seed != s])["verdict"] != word]
+
+
+# ------------------------------------------------------------------ 3. other windows
+def _windows(df: pd.DataFrame) -> dict[str, np.ndarray]:
+    """metric → (rows, windows) matrix of per-window values, for the metrics every row has windows of."""
+    if "windows" not in df or not len(df):
+        return {}
+    metrics = set.intersection(*(set(w) for w in df.windows))
+    out = {}
+    for m in sorted(metrics):
+        lengths = {len(w[m]) for w in df.windows}
+        if len(lengths) == 1:
+            out[m] = np.array([w[m] for w in df.windows], dtype=float)
+    return out
+
+
+def _aggregate(metric: str, values: np.ndarray) -> np.ndarray:
+    """The metric from its windows (rows, W): perplexity is exp of the mean NLL, a test error the mean error."""
+    return np.exp(values.mean(1)) if metric.startswith("ppl_") else values.mean(1)
+
+
+def window_draws(df: pd.DataFrame, verdict, draws: int = DRAWS, seed: int = 0) -> dict:
+    """The verdict on `draws` bootstraps of the evaluation windows → {keep (share of draws with the same verdict),
+    share: {part: the share of its mean change's variance that comes from which windows}, metrics: resampled}."""
+    from .findings import METRICS
+
+    v = verdict(df)
+    # only the metrics the verdict's parts read (finding 1 reads the calibration error, which has no windows)
+    matrices = {m: x for m, x in _windows(df).items() if any(name.startswith(METRICS[m]) for name in v["tests"])}
+    if not matrices:
+        return {"keep": 1.0, "share": {}, "metrics": []}
+    rng = np.random.default_rng(seed)
+    kept, means = 0, {name: [] for name in v["tests"]}
+    for _ in range(draws):
+        d = df.copy()
+        for m, values in matrices.items():
+            d[m] = _aggregate(m, values[:, rng.integers(0, values.shape[1], values.shape[1])])
+        w = verdict(d)
+        kept += w["verdict"] == v["verdict"]
+        for name, part in w["tests"].items():
+            if part.changes:
+                means[name].append(float(np.mean(part.changes)))
+    share = {}
+    for name, part in v["tests"].items():
+        if len(part.changes) > 1 and any(name.startswith(METRICS[m]) for m in matrices):
+            window_var, seed_var = float(np.var(means[name], ddof=1)), float(np.var(part.changes, ddof=1))
+            share[name] = window_var / (window_var + seed_var / len(part.changes))
+    return {"keep": kept / draws, "share": share, "metrics": sorted(matrices)}
+
+
+# ------------------------------------------------------------------ 4. kernels
+def _metrics(df: pd.DataFrame) -> list[str]:
+    from .findings import METRICS
+
+    return [m for m in METRICS if m in df.columns]
+
+
+def flip_shift(df: pd.DataFrame, verdict, key: str, largest: float = 1.0) -> tuple[float, str | None]:
+    """The smallest relative shift δ of one arm's metrics (every seed's, all metrics at once, either sign) that
+    changes the verdict, and that arm; (inf, None) when none up to `largest` does. Bisection on |δ| per arm and
+    sign, from a grid that brackets the first flip."""
+    word, metrics = verdict(df)["verdict"], _metrics(df)
+
+    def flips(arm, delta: float) -> bool:
+        d = df.copy()
+        rows = d[key] == arm
+        d.loc[rows, metrics] = d.loc[rows, metrics] * (1 + delta)
+        return verdict(d)["verdict"] != word
+
+    best, where = math.inf, None
+    grid_ = np.geomspace(1e-4, largest, 17)  # ×1.78 a step, then 8 halvings of the log-interval: ±0.3%
+    for arm in df[key].unique():
+        for sign in (1, -1):
+            hit = next((x for x in grid_ if flips(arm, sign * x)), None)
+            if hit is None or hit >= best:
+                continue
+            lo, hi = hit / grid_[1] * grid_[0], hit  # the grid's previous point did not flip
+            for _ in range(8):
+                mid = math.sqrt(lo * hi)
+                lo, hi = (lo, mid) if flips(arm, sign * mid) else (mid, hi)
+            best, where = hi, arm
+    return best, where
+
+
+def band(model: str) -> float | None:
+    """The largest relative difference kernel code paths make in a cross-block run's metrics of `model`, as
+    `records band` measured it (None: not measured yet)."""
+    if not BAND.is_file():
+        return None
+    return json.loads(BAND.read_text()).get(model, {}).get("band")
+
+
+# ------------------------------------------------------------------ together
+def assess(df: pd.DataFrame, verdict, key: str, model: str, draws: int = DRAWS) -> dict:
+    """The four checks of one verdict → {robust, reasons (in words, empty when robust), and each check's numbers}."""
+    v = verdict(df)
+    out = {"finding": v["finding"], "verdict": v["verdict"], "exact": exact(v), "loo": leave_one_out(df, verdict),
+           "windows": window_draws(df, verdict, draws), "shift": flip_shift(df, verdict, key), "band": band(model)}
+    reasons = []
+    e = out["exact"]
+    if e["n"] < e["needed"]:
+        reasons.append(f"n = {e['n']}: an exact test needs {e['needed']} seeds to say this")
+    elif not e["agrees"]:
+        reasons.append("the exact sign-flip test says otherwise")
+    if out["loo"]:
+        reasons.append(f"changes without seed {', '.join(map(str, out['loo']))}")
+    if out["windows"]["keep"] < KEEP:
+        reasons.append(f"{100 * out['windows']['keep']:.0f}% of window draws keep it")
+    delta, arm = out["shift"]
+    if out["band"] is None:
+        reasons.append("kernel band not measured yet")
+    elif delta <= out["band"]:
+        reasons.append(f"a {100 * delta:.2g}% shift of {arm} flips it, inside the kernel band ({100 * out['band']:.2g}%)")
+    return out | {"robust": not reasons, "reasons": reasons}
+
+
+def word(a: dict) -> str:
+    """robust, or fragile with its reasons."""
+    return "robust" if a["robust"] else "fragile: " + "; ".join(a["reasons"])
+
+
+def primary_holm(verdicts: list[dict]) -> list[dict]:
+    """Holm across the book: every verdict's primary part (findings.primary) gets a two-sided paired t-test, and a
+    decided verdict survives when Holm over all of them (each finding × model with two seeds or more) rejects
+    its part's null in the verdict's direction → the surviving verdicts."""
+    from .findings import primary
+
+    tested = [(v, v["tests"][primary(v)]) for v in verdicts if v["tests"][primary(v)].test.n >= 2]
+    rejected = stats.holm([2 * min(p.test.p, p.test.p_opposite) for _, p in tested])
+    return [v for (v, p), r in zip(tested, rejected)
+            if r and (v["verdict"], p.test.p < p.test.p_opposite) in ((stats.HOLDS, True), (stats.FAILS, False))]
