@@ -120,6 +120,8 @@ def compute(config: RunConfig, progress: bool = True, out: str | Path | None = N
         "block_error_from1": result.block_error_from1,
         "test_block_error": result.test_block_error,
         "test_final_error": {k: v[-1] for k, v in result.test_block_error.items()},
+        "dense_kept": result.dense_kept,  # what is left dense on purpose, and why (guard.py)
+        **({"unrouted_experts": result.unrouted_experts} if result.unrouted_experts else {}),
         "unit_loss": result.unit_loss, "ppl": ppl, "ppl_windows": nll, "zeroshot": zs,
         "seconds": {"prune": result.seconds, **seconds, "total": time.perf_counter() - started + max(resumed, 0.0),
                     **({"monitor": result.monitor_seconds} if config.holdout else {})},
