@@ -72,7 +72,8 @@ def refuse(model) -> dict[str, str]:
         if odd:
             owners = dict(block.named_modules())
             what = ", ".join(f"{n} {tuple(p.shape)} in {type(owners[n.rpartition('.')[0]]).__name__}" for n, p in odd)
-            why = [problem for m in moe.experts(block).values() if (problem := moe.layout_problem(m))]
+            why = [problem[0].upper() + problem[1:] for m in moe.experts(block).values()
+                   if (problem := moe.layout_problem(m))]
             raise Unsupported(
                 f"cannot prune {family} ({type(model).__name__}): block {i} holds weight matrices reconlib cannot "
                 f"read: {what}. {'; '.join(why) + '. ' if why else ''}reconlib prunes nn.Linear, transformers' "
