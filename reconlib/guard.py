@@ -100,8 +100,13 @@ def check(i: int, block: nn.Module, pattern: tuple[float, int, int]) -> None:
         zeros = (slices == 0).sum((1, 2))
         rows, cols = p.shape[-2:]
         need = int(ratio * rows * cols) - (0 if group else max(rows, cols))
-        for e in (zeros < need).nonzero().flatten().tolist():
-            short.append(f"{name}{f'[{e}]' if p.ndim > 2 else ''} ({zeros[e].item() / (rows * cols):.1%} zeros)")
+        bad = (zeros < need).nonzero().flatten().tolist()
+        if bad and p.ndim == 2:
+            short.append(f"{name} ({zeros[0].item() / (rows * cols):.1%} zeros)")
+        elif bad:  # one entry per fused parameter: a 128-expert layer would otherwise fill a screen
+            shown = ", ".join(map(str, bad[:4])) + (", …" if len(bad) > 4 else "")
+            short.append(f"{name}[{shown}] ({len(bad)} of {len(zeros)} experts, "
+                         f"{zeros[bad].max().item() / (rows * cols):.1%} zeros at most)")
     if short:
         raise DenseLeft(
             f"block {i}: {', '.join(short)}: asked {ratio:.0%}, and not on the list of what is kept dense "
