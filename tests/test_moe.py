@@ -101,3 +101,12 @@ def test_sequential_sparsegpt_prunes_each_expert_as_its_tokens_arrive():
         W = block.mlp.experts.down_proj
         assert ((W == 0).view(*W.shape[:2], -1, 4).sum(-1) == 2).all()
     assert len(result.block_error) == 2 and result.unrouted_experts == {}
+
+
+def test_block_by_block_loading_refuses_a_mixture_of_experts(tmp_path):
+    """On disk the experts are one tensor each (transformers unfuses them when saving), in memory fused."""
+    from reconlib import lazy
+
+    models.save_pruned(models.tiny_model("mixtral", num_hidden_layers=1), None, tmp_path / "moe")
+    with pytest.raises(ValueError, match="cannot read mixtral: .* Drop --low-memory"):
+        lazy.load(str(tmp_path / "moe"))
