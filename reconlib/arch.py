@@ -2,9 +2,9 @@
 prunable matrices of a block.
 
 Families differ only in where their blocks live (`BLOCK_PATHS`). Everything a block needs besides its
-hidden states (by keyword, or positionally as GPT-2 passes them) (causal or sliding-window mask, position ids, rotary embeddings) is recorded from the
-model's own forward pass, per block, so Llama, OPT, Gemma 3 (with its per-layer local/global masks and
-rotary tables) and their relatives all run through the same code. Recording per block, rather than
+hidden states (causal or sliding-window mask, position ids, rotary embeddings; by keyword, or positionally as
+GPT-2 passes them) is recorded from the model's own forward pass, per block, so Llama, OPT, Gemma 3 (with
+its per-layer local/global masks and rotary tables) and their relatives all run through the same code. Recording per block, rather than
 rebuilding the arguments ourselves, is what keeps newer models (which pass `position_embeddings`) from
 breaking the way SparseGPT's Catcher did.
 """

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from . import data, evaluate, lazy, models, reconstruct
+from . import data, evaluate, guard, lazy, models, reconstruct
 from .config import RunConfig
 from .provenance import environment, pin, seal
 
@@ -82,6 +82,7 @@ def compute(config: RunConfig, progress: bool = True, out: str | Path | None = N
     else:
         model, tokenizer = models.load_model(config.model)
     bos = _bos(model, tokenizer, config)
+    guard.refuse(model)  # a model reconlib cannot prune is refused before any work (self-generation takes minutes)
     # one draw of n_calib + extra_real windows: its first n_calib are exactly the draw of n_calib alone, so the
     # extra real windows leave the masks (and the reported error) those of the n_calib windows; the held-out
     # windows come last, sharing no token with the trained ones
