@@ -1,5 +1,6 @@
-"""Command line: `python -m reconlib eval | prune | zeroshot | grid | summary | cost | rule | records [verify | audit]`.
+"""Command line: `reconlib eval | prune | zeroshot | grid | summary | cost | rule | records [verify | audit]`.
 
+`reconlib` is the console script that `pip install` puts on the PATH; `python -m reconlib` is the same.
 `prune` takes one flag per RunConfig field (generated from the dataclass), so the CLI, the notebooks and
 the run records share one vocabulary.
 """
@@ -10,6 +11,7 @@ import json
 import os
 import sys
 from dataclasses import fields
+from pathlib import Path
 
 from .config import CORPORA, CRITERIA, DTYPES, SCHEMES, TEST_SETS, RunConfig, check_contamination, field_help, from_dict
 
@@ -68,15 +70,13 @@ def cmd_prune(args) -> dict:
     config = from_dict(values)
     record = records.run(config, out=args.out, low_memory=args.low_memory)
     keep = ("sparsity", "block_error", "final_error", "test_block_error", "test_final_error", "ppl", "zeroshot",
-            "peak_memory_mb", "key", "holdout_block_error", "unit_curves")
+            "peak_memory_mb", "key", "holdout_block_error", "unit_curves", "dense_kept", "unrouted_experts")
     return {**{k: record[k] for k in keep if k in record}, "seconds": record["seconds"]["total"], "config": record["config"],
             "calib_digest": record.get("calib_digest"), "record": str(records.path(config))}
 
 
 def cmd_zeroshot(args) -> dict:
     if args.pruned and "boolq" in args.tasks.split(","):
-        from pathlib import Path
-
         run = json.loads((Path(args.pruned) / "reconlib_config.json").read_text()) \
             if (Path(args.pruned) / "reconlib_config.json").is_file() else {}
         check_contamination(run.get("calib"), args.tasks.split(","), "drop boolq from --tasks",
@@ -88,8 +88,6 @@ def cmd_zeroshot(args) -> dict:
 
 def _write(text: str, out: str | None) -> None:
     if out:
-        from pathlib import Path
-
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(text)
     else:
@@ -136,7 +134,8 @@ def cmd_grid(args) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m reconlib", description=__doc__.splitlines()[0])
+    prog = "reconlib" if Path(sys.argv[0]).name == "reconlib" else "python -m reconlib"  # as the user typed it
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("eval", help="perplexity of a model (dense, or a saved pruned folder)")

@@ -1,13 +1,17 @@
-"""The one architecture adapter: blocks g_0..g_{L-1}, block-0 inputs, and how to run one block alone.
+"""The one architecture adapter: blocks g_0..g_{L-1}, block-0 inputs, how to run one block alone, and the
+prunable matrices of a block.
 
 Families differ only in where their blocks live (`BLOCK_PATHS`). Everything a block needs besides its
-hidden states (causal or sliding-window mask, position ids, rotary embeddings) is recorded from the
-model's own forward pass, per block, so Llama, OPT, Gemma 3 (with its per-layer local/global masks and
-rotary tables) and their relatives all run through the same code. Recording per block, rather than
+hidden states (causal or sliding-window mask, position ids, rotary embeddings; by keyword, or positionally as
+GPT-2 passes them) is recorded from the model's own forward pass, per block, so Llama, OPT, Gemma 3 (with
+its per-layer local/global masks and rotary tables) and their relatives all run through the same code. Recording per block, rather than
 rebuilding the arguments ourselves, is what keeps newer models (which pass `position_embeddings`) from
 breaking the way SparseGPT's Catcher did.
 """
 from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -33,8 +37,68 @@ def blocks(model) -> nn.ModuleList:
 
 
 def linears(block: nn.Module) -> dict[str, nn.Linear]:
-    """The prunable layers of a block: every nn.Linear inside it (method.md §2), by qualified name."""
+    """Every nn.Linear inside a block, by qualified name."""
     return {name: m for name, m in block.named_modules() if isinstance(m, nn.Linear)}
+
+
+@dataclass(frozen=True, eq=False)
+class Matrix:
+    """One prunable weight matrix W (d_out, d_in), oriented as nn.Linear stores it, inside a block parameter.
+
+    `module` is what is hooked for W's inputs (None for an expert: moe.py gathers its routed tokens).
+    `key` names the parameter in the record's layer_sparsity: the layer for nn.Linear / Conv1D, the fused
+    parameter for experts (one entry per parameter, not per expert: a 128-expert model would flood it).
+    """
+    param: nn.Parameter
+    module: nn.Module | None
+    key: str
+    expert: int | None = None
+    transposed: bool = False  # Conv1D stores Wᵀ (d_in, d_out)
+
+    @property
+    def W(self) -> torch.Tensor:
+        """A view of the parameter's storage: writing into it writes the model."""
+        return self.view(self.param.data)
+
+    def view(self, full: torch.Tensor) -> torch.Tensor:
+        """The (d_out, d_in) view of this matrix inside a tensor shaped like the parameter (weights or a mask)."""
+        t = full if self.expert is None else full[self.expert]
+        return t.T if self.transposed else t
+
+
+def matrices(block: nn.Module) -> dict[str, Matrix]:
+    """The prunable matrices of a block (method.md §2): every nn.Linear, GPT-2's Conv1D (stored transposed),
+    and each expert of a fused mixture-of-experts layer (moe.py). Names are qualified module names, with
+    `.e` appended for expert e of a fused parameter."""
+    from transformers.pytorch_utils import Conv1D
+
+    from . import moe
+
+    out, routers = {}, moe.routers(block)
+    for name, m in block.named_modules():
+        if isinstance(m, (nn.Linear, Conv1D)) and name not in routers:  # a router stays dense (moe.py)
+            out[name] = Matrix(m.weight, m, name, transposed=isinstance(m, Conv1D))
+    return out | moe.matrices(block)
+
+
+def param_masks(block: nn.Module, masks: dict[str, torch.Tensor]) -> list[tuple[nn.Parameter, torch.Tensor]]:
+    """(parameter, mask shaped like it) for every pruned parameter of a block, from its per-matrix masks."""
+    full = {}
+    for name, mat in matrices(block).items():
+        if name not in masks:
+            continue
+        m = full.setdefault(id(mat.param), (mat.param, torch.ones_like(mat.param, dtype=torch.bool)))[1]
+        mat.view(m).copy_(masks[name])
+    return list(full.values())
+
+
+def sparsity(block: nn.Module) -> dict[str, tuple[int, int]]:
+    """key → (zeros, size) of every prunable parameter of a block, counted from the parameter itself."""
+    seen = {}
+    for mat in matrices(block).values():
+        if mat.key not in seen:
+            seen[mat.key] = ((mat.param == 0).sum().item(), mat.param.numel())
+    return seen
 
 
 def to(obj, device):
@@ -72,8 +136,9 @@ class _Recorder(nn.Module):
             return getattr(super().__getattr__("inner"), name)
 
     def forward(self, hidden_states, *args, **kwargs):
-        if args:
-            raise TypeError("reconlib expects decoder blocks to take everything but hidden_states by keyword")
+        if args:  # GPT-2 passes (cache, mask, encoder states) positionally: name them from the block's signature
+            names = list(inspect.signature(self.inner.forward).parameters)[1:]
+            kwargs = {**dict(zip(names, args)), **kwargs}
         if self.i == 0:
             self.sink["x"] = hidden_states
         kwargs = {k: v for k, v in kwargs.items() if k not in ("cache", "past_key_values", "past_key_value")}

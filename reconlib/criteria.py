@@ -35,7 +35,7 @@ def select(S: torch.Tensor, ratio: float, n_keep: int = 0, group: int = 0, per_r
         return mask.scatter_(-1, keep, True).view(rows, cols)
     if per_row:
         return ~lowest(S, int(cols * ratio))
-    return ~lowest(S.view(1, -1), int(S.numel() * ratio)).view(rows, cols)
+    return ~lowest(S.reshape(1, -1), int(S.numel() * ratio)).view(rows, cols)  # reshape: Conv1D gives a transposed view
 
 
 def lowest(S: torch.Tensor, k: int) -> torch.Tensor:
@@ -61,9 +61,11 @@ class Stats:
     Layers fed the same tensor (q/k/v, gate/up) share one accumulator: it is computed once.
     on_input(name): called as each layer's input arrives, after it is folded in and before the layer runs,
     so it may prune the layer (`sequential`: every later layer then sees the pruned one's output).
+    layers: name → the module whose input is the matrix's input (nn.Linear, Conv1D); inputs that no single
+    module receives (an expert's routed tokens, moe.py) arrive through `add`.
     """
 
-    def __init__(self, layers: dict[str, nn.Linear], hessian: bool, on_input=None):
+    def __init__(self, layers: dict[str, nn.Module], hessian: bool, on_input=None):
         self.layers, self.hessian, self.on_input = layers, hessian, on_input
         self.col_sq, self.XtX, self.n = {}, {}, {}
         self._inputs: dict[str, torch.Tensor] = {}  # held until flushed: shared inputs are known by address
@@ -77,6 +79,13 @@ class Stats:
                 self._fold(name)
                 self.on_input(name)
         return hook
+
+    def add(self, name: str, X: torch.Tensor) -> None:
+        """Fold inputs X (…, d_in) of `name` into its sums at once, then call on_input."""
+        with torch.autocast(X.device.type, enabled=False):
+            self._accumulate(name, X.reshape(-1, X.shape[-1]).float())  # (tokens, d_in)
+        if self.on_input:
+            self.on_input(name)
 
     def flush(self) -> None:
         """Fold the inputs of the last forward into the sums."""

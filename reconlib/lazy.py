@@ -17,7 +17,7 @@ from accelerate.utils import set_module_tensor_to_device
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from . import arch, models
+from . import arch, models, moe
 
 BLOCK_PREFIXES = tuple(f"{path}." for path in arch.BLOCK_PATHS)
 
@@ -79,6 +79,10 @@ def load(name_or_path: str, out: str | Path | None = None):
     config = AutoConfig.from_pretrained(folder)
     with init_empty_weights(include_buffers=False):  # parameters on meta; buffers (rotary tables) real
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="sdpa")
+    if any(moe.experts(block) for block in arch.blocks(model)):
+        raise ValueError(f"block-by-block loading (--low-memory) cannot read {config.model_type}: it reads tensors by "
+                         "name, and transformers stores a mixture of experts' experts one by one on disk but fused "
+                         "into 3-D parameters in memory. Drop --low-memory for this model.")
     if out is not None:
         out = Path(out)
         shutil.rmtree(out, ignore_errors=True)

@@ -151,6 +151,27 @@ TINY = {
                    num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=512,
                    sliding_window=8, layer_types=["sliding_attention", "sliding_attention", "full_attention"]),
 }
+# the other decoder families the tests prune (tests/test_families.py): two blocks each, small enough for seconds
+_DIMS = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+             max_position_embeddings=512)
+TINY |= {
+    "llama3": dict(_DIMS, model_type="llama", rope_parameters=dict(  # Llama 3.1/3.2's rope scaling
+        rope_type="llama3", rope_theta=500000.0, factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+        original_max_position_embeddings=64)),
+    "qwen2": dict(_DIMS, model_type="qwen2"),
+    "qwen3": dict(_DIMS, model_type="qwen3", head_dim=16),
+    "mistral": dict(_DIMS, model_type="mistral", sliding_window=8),
+    "gemma2": dict(_DIMS, model_type="gemma2", head_dim=16, sliding_window=8,
+                   attn_implementation="eager"),  # transformers has no SDPA path for Gemma 2's soft-capping
+    "olmo2": dict(_DIMS, model_type="olmo2"),
+    "phi": dict(_DIMS, model_type="phi"),
+    "phi3": dict(_DIMS, model_type="phi3", pad_token_id=0),  # its default pad id (32000) is outside a tiny vocab
+    "gpt_neox": dict(_DIMS, model_type="gpt_neox"),
+    "gpt2": dict(model_type="gpt2", n_embd=64, n_layer=2, n_head=4, n_positions=512),
+    "qwen3_moe": dict(_DIMS, model_type="qwen3_moe", head_dim=16, moe_intermediate_size=32, num_experts=8,
+                      num_experts_per_tok=2),
+    "mixtral": dict(_DIMS, model_type="mixtral", num_local_experts=4, num_experts_per_tok=2),
+}
 
 
 def tiny_model(family: str, vocab_size: int = 256, seed: int = 0, num_hidden_layers: int | None = None):
@@ -160,13 +181,14 @@ def tiny_model(family: str, vocab_size: int = 256, seed: int = 0, num_hidden_lay
     if family not in TINY:
         raise ValueError(f"unknown tiny family {family!r}: use one of {sorted(TINY)}")
     kwargs = dict(TINY[family], vocab_size=vocab_size)
+    attn = kwargs.pop("attn_implementation", "sdpa")
     if num_hidden_layers is not None:
         kwargs["num_hidden_layers"] = num_hidden_layers
         if "layer_types" in kwargs:
             kwargs["layer_types"] = (kwargs["layer_types"] * num_hidden_layers)[:num_hidden_layers]
     config = AutoConfig.for_model(**kwargs)
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="sdpa")
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation=attn)
     return model.eval()
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from . import data, evaluate, lazy, models, reconstruct
+from . import data, evaluate, guard, lazy, models, reconstruct
 from .config import RunConfig
 from .provenance import environment, pin, seal
 
@@ -116,6 +116,7 @@ def compute(config: RunConfig, progress: bool = True, out: str | Path | None = N
     else:
         model, tokenizer = models.load_model(config.model)
     bos = _bos(model, tokenizer, config)
+    guard.refuse(model)  # a model reconlib cannot prune is refused before any work (self-generation takes minutes)
     # one draw of n_calib + extra_real windows: its first n_calib are exactly the draw of n_calib alone, so the
     # extra real windows leave the masks (and the reported error) those of the n_calib windows; the held-out
     # windows come last, sharing no token with the trained ones
@@ -157,6 +158,8 @@ def compute(config: RunConfig, progress: bool = True, out: str | Path | None = N
         "test_final_error": {k: v[-1] for k, v in result.test_block_error.items()},
         # per test window (the later protocol): which windows were drawn is part of a change's variance
         **({"test_error_windows": result.test_window_error} if config.eval_len else {}),
+        "dense_kept": result.dense_kept,  # what is left dense on purpose, and why (guard.py)
+        **({"unrouted_experts": result.unrouted_experts} if result.unrouted_experts else {}),
         "unit_loss": result.unit_loss, "ppl": ppl, "ppl_windows": nll, "zeroshot": zs,
         "seconds": {"prune": result.seconds, **seconds, "total": time.perf_counter() - started + max(resumed, 0.0),
                     **({"monitor": result.monitor_seconds} if config.holdout else {})},

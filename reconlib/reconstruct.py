@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from . import arch, checkpoints, criteria, memory, sparsegpt
+from . import arch, checkpoints, criteria, guard, memory, moe, sparsegpt
 from .evaluate import window_error
 from .training import train
 from .config import RunConfig
@@ -42,6 +42,8 @@ class Result:
     monitor_seconds: float = 0.0                                  # of which measuring the curves
     peak_memory_mb: float = 0.0
     masks: dict = field(default_factory=dict, repr=False)  # i → {name: bool mask (True = kept)}
+    dense_kept: dict[str, str] = field(default_factory=dict)      # what is left dense on purpose, and why (guard.py)
+    unrouted_experts: dict[str, str] = field(default_factory=dict)  # "i.name" → what was done to an expert no token reached
 
     @property
     def final_error(self) -> float | None:
@@ -59,36 +61,44 @@ def schedule(scheme: str, L: int) -> list[tuple[int, ...]]:
 
 
 def choose_masks(block, x_in: torch.Tensor, kwargs: dict, config: RunConfig, device,
-                 amp=None) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
-    """Masks for every linear of one block (on `device`), from its sparse-stream inputs x_in (method.md §2).
+                 amp=None, unrouted: dict | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+    """Masks for every matrix of one block (on `device`), from its sparse-stream inputs x_in (method.md §2).
     Wanda and magnitude zero the pruned weights; SparseGPT also updates the survivors.
 
     config.sequential (SparseGPT's "true sequential"): one forward of all of x_in at once, each linear pruned
     as its input arrives, so o_proj's statistics see the pruned q/k/v, down_proj's the pruned gate/up; that
     forward's output is the pruned block's output, returned as x_out (CPU, fp32) for the stream. Otherwise
     the statistics come from the unpruned block in batches, every linear is pruned after, and x_out is None.
+    An expert that no calibration token reaches has no statistics: it is pruned by magnitude, and `unrouted`
+    (when given) gets its name and what was done.
     """
     ratio, n_keep, group = config.pattern
-    layers = arch.linears(block)
+    mats = arch.matrices(block)
     masks = {}
 
     def prune_layer(name: str) -> None:
-        layer = layers[name]
-        W = layer.weight.data
-        if config.criterion == "sparsegpt":
+        W = mats[name].W  # a view into the parameter: writing it writes the model
+        seen = stats is None or name in stats.n
+        if config.criterion == "sparsegpt" and seen:
             W_new, mask, _ = sparsegpt.solve(W, stats.H(name), ratio, n_keep, group)
-            layer.weight.data = W_new.to(W.dtype)
+            W.copy_(W_new.to(W.dtype))
         else:
-            col_sq = stats.col_sq[name] if stats else None
-            S = criteria.score(config.criterion, W.float(), col_sq)
+            S = criteria.score(config.criterion if seen else "magnitude", W.float(),
+                               stats.col_sq[name] if seen and stats else None)
             mask = criteria.select(S, ratio, n_keep, group, per_row=config.criterion == "wanda")
-            layer.weight.data *= mask
+            W.mul_(mask)
+            if not seen and unrouted is not None:
+                unrouted[name] = ("no calibration token was routed to this expert" if mats[name].expert is not None
+                                  else "no calibration input reached it") + ": pruned by magnitude" + \
+                                 (" per row" if config.criterion == "wanda" else "") + " at the same sparsity"
         masks[name] = mask
 
     stats, x_out = None, None
     if config.criterion != "magnitude":
-        stats = criteria.Stats(layers, hessian=config.criterion == "sparsegpt",
+        stats = criteria.Stats({n: m.module for n, m in mats.items() if m.module is not None},
+                               hessian=config.criterion == "sparsegpt",
                                on_input=prune_layer if config.sequential else None)
+        routed = moe.RoutedInputs(block, stats)
         kw = arch.to(kwargs, device)
         with torch.no_grad():
             if config.sequential:  # one batch: every window's input must reach a linear before it is pruned
@@ -99,9 +109,11 @@ def choose_masks(block, x_in: torch.Tensor, kwargs: dict, config: RunConfig, dev
                     arch.run_block(block, x_in[start:start + config.batch_size].to(device), kw)
                     stats.flush()
         stats.remove()
-    for name in layers:
-        if name not in masks:
-            prune_layer(name)
+        routed.remove()
+    with torch.no_grad():
+        for name in mats:
+            if name not in masks:
+                prune_layer(name)
     return masks, x_out
 
 
@@ -146,8 +158,7 @@ class Pass:
         if self.holdout:
             result.holdout_block_error.append(self.holdout.advance(self.layers[i], *self._stream_args())[0])
         del self.dense[i]
-        for name, layer in arch.linears(self.layers[i]).items():
-            result.layer_sparsity[f"{i}.{name}"] = (layer.weight == 0).sum().item() / layer.weight.numel()
+        _final(i, self.layers[i], self.config, result)
         if self.blocks is not None:  # written out: its zeros are its mask, and a 7B model's masks alone are 6.5 GB
             self.blocks.done(i)
             result.masks[i] = {}
@@ -176,7 +187,10 @@ class Pass:
                 # the sparse-stream input of block i: through the unit's earlier (already pruned) blocks
                 x_in = run(unit_blocks[:j], self.calib.x_sparse[:self.n_real], [kwargs[k] for k in unit[:j]],
                            self.device, config.batch_size, self.amp)
-                result.masks[i], x_out = choose_masks(self.layers[i], x_in, kwargs[i], config, self.device, self.amp)
+                unrouted = {}
+                result.masks[i], x_out = choose_masks(self.layers[i], x_in, kwargs[i], config, self.device, self.amp,
+                                                      unrouted)
+                result.unrouted_experts |= {f"{i}.{name}": what for name, what in unrouted.items()}
                 if x_out is not None and not config.train_epochs and len(x_out) == len(self.calib.x_sparse):
                     self.lr_outputs[i] = x_out  # LR leaves the block as that forward saw it
             if not config.train_epochs:
@@ -217,15 +231,16 @@ def prune(model, config: RunConfig, calib: torch.Tensor, test: dict[str, torch.T
     device, amp = config.placement
     memory.keep_freed()
     layers = arch.blocks(model)
+    kept = guard.refuse(model)  # a matrix reconlib cannot read stops the run here, before any work
     _, _, group = config.pattern
     if group:
         for i, block in enumerate(layers):
-            for name, layer in arch.linears(block).items():
-                criteria.check_group(layer.weight, group, f"block {i} {name}")
+            for name, mat in arch.matrices(block).items():
+                criteria.check_group(mat.W, group, f"block {i} {name}")
     model.requires_grad_(False)
     memory.reset_peak(device)
     if len(calib) == 0:  # magnitude LR without data (config.validate allows no other): the weights alone
-        return _prune_weights(layers, config, blocks, start_time, device)
+        return _prune_weights(layers, config, blocks, start_time, device, kept)
     ids = calib if extra is None or len(extra) == 0 else torch.cat([calib, extra])
     x, kwargs = arch.capture(model, ids, config.batch_size)
 
@@ -236,7 +251,7 @@ def prune(model, config: RunConfig, calib: torch.Tensor, test: dict[str, torch.T
     test = {name: streams(w) for name, w in (test or {}).items()}
     state = Pass(layers, config, device, amp, kwargs, calib=streams(ids, x), n_real=len(calib), test=test,
                  holdout=streams(holdout) if holdout is not None and len(holdout) else None,
-                 result=Result(test_block_error={name: [] for name in test}), blocks=blocks)
+                 result=Result(test_block_error={name: [] for name in test}, dense_kept=kept), blocks=blocks)
     resume_at, elapsed = checkpoints.resume(checkpoint, state) if checkpoint else (0, 0.0)
     start_time -= elapsed
     last_save = time.perf_counter()
@@ -260,25 +275,31 @@ def prune(model, config: RunConfig, calib: torch.Tensor, test: dict[str, torch.T
     return _finish(state.result, layers, start_time, device)
 
 
-def _prune_weights(layers, config: RunConfig, blocks, start_time: float, device) -> Result:
+def _prune_weights(layers, config: RunConfig, blocks, start_time: float, device, kept: dict) -> Result:
     """Magnitude LR without calibration windows: no forward at all, and so no error curve."""
-    result = Result()
+    result = Result(dense_kept=kept)
     for i, block in enumerate(layers):
         if blocks is not None:
             blocks.load(i)
         with torch.no_grad():
             result.masks[i], _ = choose_masks(block, None, {}, config, device)
-        for name, layer in arch.linears(block).items():
-            result.layer_sparsity[f"{i}.{name}"] = (layer.weight == 0).sum().item() / layer.weight.numel()
+        _final(i, block, config, result)
         if blocks is not None:
             blocks.done(i)
             result.masks[i] = {}
     return _finish(result, layers, start_time, device)
 
 
+def _final(i: int, block, config: RunConfig, result: Result) -> None:
+    """Block i is final: its sparsity, counted from its parameters, and the guard (guard.py) on them."""
+    for key, (zeros, size) in arch.sparsity(block).items():
+        result.layer_sparsity[f"{i}.{key}"] = zeros / size
+    guard.check(i, block, config.pattern)
+
+
 def _finish(result: Result, layers, start_time: float, device) -> Result:
-    sizes = {f"{i}.{name}": layer.weight.numel() for i, block in enumerate(layers)
-             for name, layer in arch.linears(block).items()}
+    sizes = {f"{i}.{mat.key}": mat.param.numel() for i, block in enumerate(layers)  # shapes only: lazy blocks are on meta
+             for mat in arch.matrices(block).values()}
     result.sparsity = sum(round(result.layer_sparsity[k] * n) for k, n in sizes.items()) / sum(sizes.values())
     result.masks = {i: {k: v.cpu() for k, v in m.items()} for i, m in result.masks.items()}
     result.seconds = time.perf_counter() - start_time

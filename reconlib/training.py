@@ -35,10 +35,10 @@ def train(unit_blocks, masks: list[dict], x_sparse, target, kwargs: list[dict], 
     for p in params:
         p.requires_grad_(True)
     handles = []
-    for block, block_masks in zip(unit_blocks, masks):
-        for name, layer in arch.linears(block).items():
-            m = block_masks[name].to(device)
-            handles.append(layer.weight.register_hook(lambda g, m=m: g * m))
+    pruned = [(param, mask.to(device)) for block, block_masks in zip(unit_blocks, masks)
+              for param, mask in arch.param_masks(block, block_masks)]  # fused experts: one mask per 3-D parameter
+    for param, m in pruned:
+        handles.append(param.register_hook(lambda g, m=m: g * m))
     opt = torch.optim.Adam(params, lr=config.lr, betas=(0.9, 0.95), weight_decay=0.0)
     n, bs = x_sparse.shape[0], config.batch_size
     total = config.train_epochs * math.ceil(n / bs)
@@ -89,7 +89,6 @@ def train(unit_blocks, masks: list[dict], x_sparse, target, kwargs: list[dict], 
         for block, state in zip(unit_blocks, best):
             block.load_state_dict(state)
     with torch.no_grad():
-        for block, block_masks in zip(unit_blocks, masks):
-            for name, layer in arch.linears(block).items():
-                layer.weight.mul_(block_masks[name].to(device))
+        for param, m in pruned:
+            param.mul_(m)
     return epoch_loss / n, curve

@@ -1,4 +1,5 @@
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -49,6 +50,7 @@ def test_prune_json_has_the_documented_fields(capsys, tmp_path):
     assert len(payload["block_error"]) == 3 and payload["final_error"] == payload["block_error"][-1]
     assert len(payload["test_block_error"]["wikitext2"]) == 3 and payload["seconds"] > 0
     assert (tmp_path / "pruned" / "model.safetensors").exists()
+    assert payload["dense_kept"]["model.decoder.embed_tokens.weight"].startswith("embedding: outside the decoder blocks")
 
 
 @pytest.mark.parametrize("argv, words", [
@@ -98,3 +100,18 @@ def reconlib_digest(path):
     import hashlib
 
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def test_the_reconlib_console_script_is_main(capsys, monkeypatch):
+    """`pip install` puts `reconlib` on the PATH (pyproject's [project.scripts]); it is this main."""
+    import tomllib
+
+    from reconlib import __main__
+
+    scripts = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["scripts"]
+    module, _, name = scripts["reconlib"].partition(":")
+    assert (module, name) == ("reconlib.__main__", "main")
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/reconlib", "prune", "--help"])
+    with pytest.raises(SystemExit) as done:
+        __main__.main()
+    assert done.value.code == 0 and capsys.readouterr().out.startswith("usage: reconlib prune")
