@@ -97,6 +97,10 @@ def _write(text: str, out: str | None) -> None:
 def cmd_report(args) -> dict:
     from . import report
 
+    if args.command == "records" and args.action == "band":
+        from . import robust
+
+        return robust.measure_band(args.profile, args.sample, progress=True)
     if args.command == "records" and args.action in ("verify", "audit"):
         from . import verify
 
@@ -180,10 +184,12 @@ def main(argv=None) -> int:
         p.add_argument("--profile", default="cpu")
         p.set_defaults(func=cmd_report)
         if name == "records":
-            p.add_argument("action", nargs="?", choices=("table", "verify", "audit"), default="table",
+            p.add_argument("action", nargs="?", choices=("table", "verify", "audit", "band"), default="table",
                            help="verify: check every record's digest and recompute the --sample cheapest here, "
                                 "judged bit-tight on the machine that wrote them and against a measured band "
-                                "elsewhere; audit: the same for the cheapest record of each code version in the store")
+                                "elsewhere; audit: the same for the cheapest record of each code version in the store; "
+                                "band: the --sample cheapest cross-block runs of finding 2 per model under each kernel "
+                                "variant, the spread robust.py sets a verdict's flip against (hours: a run a variant)")
             p.add_argument("--sample", type=int, default=2)
 
     for p in sub.choices.values():

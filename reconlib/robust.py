@@ -118,7 +118,8 @@ def window_draws(df: pd.DataFrame, verdict, draws: int = DRAWS, seed: int = 0) -
     for name, part in v["tests"].items():
         if len(part.changes) > 1 and any(name.startswith(METRICS[m]) for m in matrices):
             window_var, seed_var = float(np.var(means[name], ddof=1)), float(np.var(part.changes, ddof=1))
-            share[name] = window_var / (window_var + seed_var / len(part.changes))
+            total = window_var + seed_var / len(part.changes)
+            share[name] = window_var / total if total > 0 else 0.0  # identical runs: nothing varies
     return {"keep": kept / draws, "share": share, "metrics": sorted(matrices)}
 
 
@@ -154,6 +155,36 @@ def flip_shift(df: pd.DataFrame, verdict, key: str, largest: float = 1.0) -> tup
                 lo, hi = (lo, mid) if flips(arm, sign * mid) else (mid, hi)
             best, where = hi, arm
     return best, where
+
+
+def measure_band(profile: str, sample: int = 2, progress: bool = False) -> dict:
+    """For each model: the `sample` cheapest stored runs of finding 2's cross-block arm, recomputed in
+    subprocesses under each kernel variant (verify.variants: MKL's other code paths, torch's kernels one ISA
+    lower) → the largest relative difference any variant makes in a metric a verdict reads. Written to BAND."""
+    from tqdm.auto import tqdm
+
+    from . import findings, grid, provenance, records, verify
+
+    out = json.loads(BAND.read_text()) if BAND.is_file() else {}
+    for model in grid.grid(profile).models:
+        arm = [c for c in grid.overfitting_cells(profile, model) if c.recon == "br+gp+cr"]
+        stored = sorted((r for r in (records.stored(c) for c in arm) if r), key=lambda r: r["seconds"]["total"])[:sample]
+        if not stored:
+            continue
+        worst, per_metric = 0.0, {}
+        for r in tqdm(stored, desc=f"band {model}", disable=not progress):
+            mine = findings.row(r, 0)
+            for env in verify.variants():
+                theirs = findings.row(verify.recompute_under(r["config"], env), 0)
+                for m in _metrics(pd.DataFrame([mine])):
+                    d = abs(mine[m] - theirs[m]) / max(abs(mine[m]), abs(theirs[m]), 1e-12)
+                    per_metric[m] = max(per_metric.get(m, 0.0), d)
+                    worst = max(worst, d)
+        out[model] = {"band": worst, "per_metric": per_metric, "records": [r["key"] for r in stored],
+                      "variants": verify.variants(), "cpu": provenance.machine()["cpu_model"],
+                      "measured": pd.Timestamp.now().strftime("%Y-%m-%d")}
+        BAND.write_text(json.dumps(out, indent=1, sort_keys=True) + "\n")  # a model at a time: hours each
+    return out
 
 
 def band(model: str) -> float | None:

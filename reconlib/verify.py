@@ -124,8 +124,13 @@ def flipped_verdicts(fresh: dict, profile: str) -> list[str] | None:
     before = findings.words(stopping.every_verdict(profile, model))
     with records.substituted(fresh):
         after = findings.words(stopping.every_verdict(profile, model))
-    # any change of word, holds ↔ not separable too: a verdict that one record's rounding moves is not one to quote
-    return [f"{part}: {before[part]} → {after[part]}" for part in before if before[part] != after[part]]
+    return changed(before, after)
+
+
+def changed(before: dict, after: dict) -> list[str]:
+    """Every (finding, part) whose word differs, holds ↔ not separable too: a verdict that one record's rounding
+    moves is not one to quote."""
+    return [f"{part}: {before[part]} → {after.get(part)}" for part in before if before[part] != after.get(part)]
 
 
 def check(file: Path, stored: dict, profile: str, progress: bool = False) -> dict:

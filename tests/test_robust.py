@@ -1,0 +1,160 @@
+"""Each verdict's robustness (reconlib.robust) on rows whose answer is known, the evaluation's windows and the
+book read together."""
+import itertools
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from reconlib import checkpoints, data, findings, models, robust, stats, stopping, verify
+
+
+def pair_rows(cal, test, ppl_windows=None):
+    """Finding 2's rows: per seed, BR+GP and BR+GP+CR with calibration error, WikiText-2 test error and perplexity
+    (from per-window NLLs when given: {recon: (seeds, windows)})."""
+    rows = []
+    for recon in ("br+gp", "br+gp+cr"):
+        for s in range(len(cal[recon])):
+            nll = ppl_windows[recon][s] if ppl_windows else [np.log(30.0 + test[recon][s])] * 8
+            rows.append({"model": "m", "seed": s, "criterion": "sparsegpt", "recon": recon, "final_error": cal[recon][s],
+                         "test_error_wikitext2": test[recon][s], "ppl_wikitext2": float(np.exp(np.mean(nll))),
+                         "cpu": "c", "source": "v", "windows": {"ppl_wikitext2": list(nll)}})
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture
+def measured_band(tmp_path, monkeypatch):
+    file = tmp_path / "band.json"
+    file.write_text(json.dumps({"m": {"band": 0.01}}))
+    monkeypatch.setattr(robust, "BAND", file)
+
+
+def test_sign_flip_is_the_exact_count_of_sign_assignments():
+    effects = [1.0, 2.0, -0.5, 3.0]
+    means = [np.dot(s, effects) for s in itertools.product((1, -1), repeat=4)]
+    p, p_opposite = robust.sign_flip(effects)
+    assert p == sum(m >= sum(effects) for m in means) / 16 and p_opposite == sum(m <= sum(effects) for m in means) / 16
+    assert robust.sign_flip([1.0] * 5) == (1 / 32, 1.0)
+    assert robust.seeds_needed(stats.HOLDS, 4) == 5          # 2⁻⁵ < 0.05 ≤ 2⁻⁴
+    assert robust.seeds_needed(stats.FAILS, 5) == 7          # Holm's first step: 2⁻⁷ ≤ 0.01 < 2⁻⁶
+
+
+def test_a_verdict_that_rests_on_one_seed_is_fragile(measured_band):
+    # CR lowers the calibration error on every seed; the test error rises clearly on three seeds and barely or
+    # not on the others: p ≈ 0.035 with all six, ≈ 0.08 without seed 1
+    cal = {"br+gp": [3.0] * 6, "br+gp+cr": [2.0, 2.1, 1.9, 2.0, 2.05, 1.95]}
+    test = {"br+gp": [10.0] * 6, "br+gp+cr": [11.0, 11.1, 10.9, 10.1, 9.9, 10.05]}
+    a = robust.assess(pair_rows(cal, test), findings.verdict_overfitting, "recon", "m", draws=20)
+    base = findings.verdict_overfitting(pair_rows(cal, test))["verdict"]
+    assert base == stats.HOLDS and not a["robust"] and 1 in a["loo"] and any("without seed" in r for r in a["reasons"])
+    assert robust.word(a).startswith("fragile: ")
+    assert all(findings.verdict_overfitting(pair_rows(cal, test).query("seed != @s"))["verdict"] != base for s in a["loo"])
+
+
+def test_a_clear_verdict_is_robust_and_its_flip_lies_outside_the_band(measured_band):
+    rng = np.random.default_rng(0)
+    n = 10
+    cal = {"br+gp": list(3 + 0.05 * rng.standard_normal(n)), "br+gp+cr": list(2 + 0.05 * rng.standard_normal(n))}
+    test = {"br+gp": list(10 + 0.1 * rng.standard_normal(n)), "br+gp+cr": list(13 + 0.1 * rng.standard_normal(n))}
+    windows = {r: [list(np.log(30 + t) + 0.001 * rng.standard_normal(16)) for t in test[r]] for r in test}
+    df = pair_rows(cal, test, windows)
+    a = robust.assess(df, findings.verdict_overfitting, "recon", "m", draws=50)
+    assert a["verdict"] == stats.HOLDS and a["robust"], a["reasons"]
+    assert a["windows"]["keep"] == 1.0 and a["windows"]["share"]["WikiText-2 perplexity, BR+GP → BR+GP+CR"] < robust.SHARE
+    delta, arm = a["shift"]
+    assert delta > 0.01 and arm is not None
+
+    def shifted(x):
+        d = df.copy()
+        rows, cols = d.recon == arm, ["final_error", "test_error_wikitext2", "ppl_wikitext2"]
+        d.loc[rows, cols] = d.loc[rows, cols] * (1 + x)
+        return findings.verdict_overfitting(d)["verdict"]
+    # the shift found flips it (in one direction or the other) and a shift a tenth smaller flips neither way
+    assert stats.HOLDS not in (shifted(delta), ) or stats.HOLDS not in (shifted(-delta), )
+    assert shifted(0.9 * delta) == shifted(-0.9 * delta) == stats.HOLDS
+
+
+def test_a_verdict_that_depends_on_which_windows_were_read_is_fragile(measured_band):
+    rng = np.random.default_rng(1)
+    n, w = 6, 12
+    cal = {"br+gp": [3.0] * n, "br+gp+cr": [2.0] * n}
+    # CR's perplexity rises on two windows by a lot and falls a little on the others: the same for every seed
+    per_window = np.where(np.arange(w) < 2, 0.3, -0.03)
+    windows = {"br+gp": [list(np.log(30) + 0.001 * rng.standard_normal(w)) for _ in range(n)]}
+    windows["br+gp+cr"] = [list(np.array(x) + per_window + 0.001 * rng.standard_normal(w)) for x in windows["br+gp"]]
+    test = {"br+gp": [10.0] * n, "br+gp+cr": [12.0, 12.1, 11.9, 12.0, 12.2, 11.8]}
+    a = robust.assess(pair_rows(cal, test, windows), findings.verdict_overfitting, "recon", "m", draws=100)
+    assert a["verdict"] == stats.HOLDS and not a["robust"]
+    assert a["windows"]["keep"] < robust.KEEP and any("window draws" in r for r in a["reasons"])
+    assert a["windows"]["share"]["WikiText-2 perplexity, BR+GP → BR+GP+CR"] > 0.9  # seeds agree: windows decide
+
+
+def test_without_a_measured_band_no_verdict_is_robust(tmp_path, monkeypatch):
+    monkeypatch.setattr(robust, "BAND", tmp_path / "none.json")
+    cal = {"br+gp": [3.0] * 6, "br+gp+cr": [2.0] * 6}
+    a = robust.assess(pair_rows(cal, {"br+gp": [10.0] * 6, "br+gp+cr": [12.0] * 6}), findings.verdict_overfitting,
+                      "recon", "m", draws=10)
+    assert a["reasons"] == ["kernel band not measured yet"]
+
+
+def test_every_finding_names_a_primary_part_among_its_parts():
+    seeds = range(3)
+    f1 = pd.DataFrame([{"model": "m", "seed": s, "criterion": c, "recon": r, "final_error": 10.0 - i + 0.1 * s}
+                       for s in seeds for c in ("magnitude", "wanda", "sparsegpt")
+                       for i, r in enumerate(("lr", "br", "br+gp", "br+gp+cr"))])
+    metrics = {m: 1.0 for m in ("final_error", "test_error_wikitext2", "test_error_ptb", "ppl_wikitext2", "ppl_ptb")}
+    f2 = pd.DataFrame([{"model": "m", "seed": s, "recon": r, **metrics} for s in seeds for r in ("br+gp", "br+gp+cr")])
+    f3 = pd.DataFrame([{"model": "m", "seed": s, "variant": v, "self_gen": 4 * (v == "generated"), **metrics}
+                       for s in seeds for v in ("real", "generated", "steps", "more real")])
+    f4 = pd.DataFrame([{"model": "m", "seed": s, "setting": "16 × 8", "recon": "br+gp+cr", "variant": v, **metrics}
+                       for s in seeds for v in stopping.VARIANTS])
+    verdicts = [findings.verdict_error_reduction(f1), findings.verdict_overfitting(f2)] + \
+        [findings.verdict_self_generated(f3, a) for a in ("real", "steps", "more real")] + \
+        [stopping.verdict(f4, a, "16 × 8") for a in ("fixed", "more real")]
+    assert [findings.number(v) for v in verdicts] == list(findings.PRIMARY)
+    for v in verdicts:
+        assert findings.primary(v) in v["tests"]
+
+
+def test_holm_across_the_book_keeps_only_what_survives_the_family():
+    def verdict(word, effects, number):
+        part = findings.Part("WikiText-2 perplexity, BR+GP → BR+GP+CR", effects, +1)
+        return {"finding": f"{number}. claim", "verdict": word, "tests": {part.name: part}}
+
+    findings.PRIMARY.setdefault("9", "WikiText-2 perplexity, BR+GP → BR+GP+CR")
+    strong = verdict(stats.HOLDS, [5.0, 5.1, 4.9, 5.2, 5.05], "9")      # p ~ 1e-8
+    weak = verdict(stats.HOLDS, [1.0, 0.2, 1.5, 0.1, 0.9], "9")         # p ~ 0.01: not after 4 tests
+    against = verdict(stats.FAILS, [-3.0, -3.1, -2.9, -3.2, -3.05], "9")
+    null = verdict(stats.NOISE, [1.0, -1.0, 0.5, -0.5, 0.1], "9")
+    kept = robust.primary_holm([strong, weak, against, null])
+    assert kept == [strong, against]
+    findings.PRIMARY.pop("9")
+
+
+def test_verify_reports_every_change_of_verdict_word():
+    before = {("2. CR overfits", "verdict"): stats.HOLDS, ("2. CR overfits", "PTB perplexity"): stats.HOLDS}
+    after = {("2. CR overfits", "verdict"): stats.NOISE, ("2. CR overfits", "PTB perplexity"): stats.NOISE}
+    assert len(verify.changed(before, after)) == 2  # holds → not separable counts, not only holds ↔ does not hold
+    assert verify.changed(before, dict(before)) == []
+    with pytest.raises(ValueError, match="verdict changes"):
+        verify._raise_on_failure([{"record": "x.json", "case": "same kernels", "failures": [],
+                                   "flipped": verify.changed(before, after)}])
+
+
+def test_spread_evaluation_windows_cover_the_whole_test_set():
+    _, tokenizer = models.load_model("tiny-llama")
+    every = data.eval_windows("ptb", tokenizer, 64)
+    spread = data.eval_windows("ptb", tokenizer, 64, max_windows=10, spread=True)
+    first = data.eval_windows("ptb", tokenizer, 64, max_windows=10)
+    rows = [int(i) * len(every) // 10 for i in range(10)]
+    assert spread.shape == first.shape == (10, 64) and bool((spread == every[rows]).all())
+    assert bool((first == every[:10]).all()) and rows[-1] >= 0.9 * (len(every) - 1)
+
+
+def test_a_checkpoint_of_other_code_or_kernels_is_not_resumed(tmp_path, monkeypatch):
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    torch = pytest.importorskip("torch")
+    torch.save({"writer": {**checkpoints.writer(), "source_digest": "another version"}, "t": 3}, folder / "state.pt")
+    assert checkpoints.resume(folder, state=None) == (0, 0.0) and not folder.exists()
