@@ -232,6 +232,7 @@ def spread(df: pd.DataFrame, by: list[str], metrics: list[str]) -> pd.DataFrame:
     def fmt(s):
         s = s.dropna()  # a metric the rows do not have (held-out error without held-out windows): a dash
         return "—" if not len(s) else f"{s.mean():.3g} ± {s.std():.2g}" if len(s) > 1 else f"{s.mean():.3g}"
+    metrics = [m for m in metrics if m in df]  # a scale the store has no dense record for yet (relative): left out
     out = df.groupby(by, sort=False)[metrics].agg(fmt)
     out.insert(0, "n", df.groupby(by, sort=False).size())
     return out.rename(columns=HEADERS)
