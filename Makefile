@@ -2,7 +2,7 @@
 #
 #   make test                      venv + library + pytest
 #   make book [PROFILE=cpu]        papermill every notebook, build the book, check it in a browser
-#   make records [WORKERS=2]       compute the missing records of the book's grid into book/records (resumable)
+#   make records [WORKERS=2] [REV=d5c415d]  the missing records of the book's grid → book/records (resumable)
 #   make audit                     recompute one record of each code version in the store → book/audit.md (resumable)
 #   make check-pages               only the browser check of an already built book
 #   make lab                       Jupyter Lab with the project's kernel ("reconlib")
@@ -32,6 +32,9 @@ VERIFY  ?= 2
 # make book reads the store as it is: a run missing from it is left out of the pages (and counted there), not
 # computed by the notebooks one by one; COMPUTE=1 computes them (make records computes them side by side)
 COMPUTE ?= 0
+# the commit whose library computes the verdict runs of findings 2 and 3 (`make records REV=...`, below)
+VERDICT_REV := d5c415d
+REV ?=
 
 # The WikiText-2/PTB files live beside the repository; they are read in place, never copied in
 # (left empty when ../shared/data is missing: the corpora then come from the Hub).
@@ -96,8 +99,17 @@ test: $(STAMP)
 book: execute tables html check-pages
 
 # The grid of runs the book reads, $(WORKERS) side by side with one thread each; resumes where it stopped.
+# REV: compute them with the library as it was at that commit (a git worktree under .grid/), so that runs computed
+# over several sessions share one code version (source_digest) while the library moves on: the verdict runs of
+# findings 2 and 3 are REV=$(VERDICT_REV)'s. Records go to this checkout's store either way.
 records: $(STAMP)
+ifeq ($(REV),)
 	OMP_NUM_THREADS=1 $(BIN)/python -m reconlib grid --profile $(PROFILE) --workers $(WORKERS)
+else
+	test -d .grid/$(REV) || git worktree add --detach .grid/$(REV) $(REV)
+	cd .grid/$(REV) && OMP_NUM_THREADS=1 PYTHONPATH=$(abspath .grid/$(REV)) $(abspath $(BIN))/python -m reconlib grid \
+	  --profile $(PROFILE) --workers $(WORKERS)
+endif
 
 # (a) papermill runs each notebook from notebooks/ (so relative paths work) into the gitignored book/_executed
 execute: $(STAMP_BOOK)
