@@ -10,10 +10,11 @@ import json
 import sys
 from dataclasses import fields
 
-from .config import CORPORA, CRITERIA, DTYPES, SCHEMES, TEST_SETS, RunConfig, check_contamination, field_help, from_dict
+from .config import (ALLOCATIONS, BASELINES, CORPORA, CRITERIA, DTYPES, SCHEMES, TEST_SETS, RunConfig,
+                     check_contamination, field_help, from_dict)
 
 
-CHOICES = {"criterion": CRITERIA, "recon": SCHEMES, "dtype": DTYPES}
+CHOICES = {"criterion": CRITERIA + BASELINES, "recon": SCHEMES, "dtype": DTYPES, "allocation": ALLOCATIONS}
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -66,7 +67,7 @@ def cmd_prune(args) -> dict:
     values = {f.name: getattr(args, f.name) for f in fields(RunConfig)}
     config = from_dict(values)
     record = records.run(config, out=args.out, low_memory=args.low_memory)
-    keep = ("sparsity", "block_error", "final_error", "test_block_error", "test_final_error", "ppl", "zeroshot",
+    keep = ("sparsity", "block_sparsity", "owl", "block_error", "final_error", "test_block_error", "test_final_error", "ppl", "zeroshot",
             "peak_memory_mb", "key", "holdout_block_error", "unit_curves")
     return {**{k: record[k] for k in keep if k in record}, "seconds": record["seconds"]["total"], "config": record["config"],
             "calib_digest": record.get("calib_digest"), "record": str(records.path(config))}

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from . import arch, checkpoints, criteria, memory, sparsegpt
+from . import admm, arch, checkpoints, criteria, memory, owl, refit, sparsegpt
 from .training import train
 from .config import RunConfig
 from .streams import Streams, autocast, on, run
@@ -33,6 +33,8 @@ class Result:
     test_block_error: dict[str, list[float]] = field(default_factory=dict)  # the same on test windows, per test set
     holdout_block_error: list[float] = field(default_factory=list)  # the same on the held-out calibration windows
     layer_sparsity: dict[str, float] = field(default_factory=dict)  # "i.name" → achieved fraction of zeros
+    block_sparsity: list[float] = field(default_factory=list)     # the same over each block's linears together
+    owl: dict = field(default_factory=dict)  # allocation owl: each block's outlier ratio and sparsity target
     sparsity: float = 0.0                                         # over all pruned layers
     unit_loss: list[float] = field(default_factory=list)          # last-epoch training loss per unit (empty for LR)
     unit_curves: list[dict] = field(default_factory=list)  # per unit with holdout: train / held-out error per epoch
@@ -57,16 +59,19 @@ def schedule(scheme: str, L: int) -> list[tuple[int, ...]]:
 
 
 def choose_masks(block, x_in: torch.Tensor, kwargs: dict, config: RunConfig, device,
-                 amp=None) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+                 amp=None, ratio: float | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
     """Masks for every linear of one block (on `device`), from its sparse-stream inputs x_in (method.md §2).
-    Wanda and magnitude zero the pruned weights; SparseGPT also updates the survivors.
+    Wanda and magnitude zero the pruned weights; SparseGPT and ADMM also update the survivors, and config.refit
+    replaces the survivors by the exact least-squares solve on the mask (refit.py). ratio: the block's own
+    unstructured sparsity (OWL), else the config's.
 
     config.sequential (SparseGPT's "true sequential"): one forward of all of x_in at once, each linear pruned
     as its input arrives, so o_proj's statistics see the pruned q/k/v, down_proj's the pruned gate/up; that
     forward's output is the pruned block's output, returned as x_out (CPU, fp32) for the stream. Otherwise
     the statistics come from the unpruned block in batches, every linear is pruned after, and x_out is None.
     """
-    ratio, n_keep, group = config.pattern
+    ratio_config, n_keep, group = config.pattern
+    ratio = ratio_config if ratio is None else ratio
     layers = arch.linears(block)
     masks = {}
 
@@ -75,17 +80,22 @@ def choose_masks(block, x_in: torch.Tensor, kwargs: dict, config: RunConfig, dev
         W = layer.weight.data
         if config.criterion == "sparsegpt":
             W_new, mask, _ = sparsegpt.solve(W, stats.H(name), ratio, n_keep, group)
-            layer.weight.data = W_new.to(W.dtype)
+        elif config.criterion == "admm":
+            W_new, mask, _ = admm.solve(W, stats.H(name), ratio, n_keep, group, config.admm_iters, config.admm_rho,
+                                        config.admm_prune_iters)
         else:
             col_sq = stats.col_sq[name] if stats else None
             S = criteria.score(config.criterion, W.float(), col_sq)
             mask = criteria.select(S, ratio, n_keep, group, per_row=config.criterion == "wanda")
-            layer.weight.data *= mask
+            W_new = W * mask
+        if config.refit:  # from w̄, not from the criterion's survivors: the solve's optimum does not depend on them
+            W_new = refit.solve(W, stats.H(name), mask)
+        layer.weight.data = W_new.to(W.dtype)
         masks[name] = mask
 
     stats, x_out = None, None
-    if config.criterion != "magnitude":
-        stats = criteria.Stats(layers, hessian=config.criterion == "sparsegpt",
+    if config.criterion != "magnitude" or config.refit:
+        stats = criteria.Stats(layers, hessian=config.criterion in ("sparsegpt", "admm") or config.refit,
                                on_input=prune_layer if config.sequential else None)
         kw = arch.to(kwargs, device)
         with torch.no_grad():
@@ -120,6 +130,7 @@ class Pass:
     blocks: object = None   # a lazy.Blocks: blocks read before their first unit, written once final
     dense: dict = field(default_factory=dict)  # i → w̄_i, a copy kept until the streams pass block i
     lr_outputs: dict = field(default_factory=dict)  # i → x_{i+1}, from the forward that chose block i's masks (LR)
+    ratios: list | None = None  # each block's unstructured sparsity (OWL), None: the config's for every block
     pos: int = 0
 
     @property
@@ -142,8 +153,7 @@ class Pass:
         if self.holdout:
             result.holdout_block_error.append(self.holdout.advance(self.layers[i], *self._stream_args())[0])
         del self.dense[i]
-        for name, layer in arch.linears(self.layers[i]).items():
-            result.layer_sparsity[f"{i}.{name}"] = (layer.weight == 0).sum().item() / layer.weight.numel()
+        _count_zeros(result, i, self.layers[i])
         if self.blocks is not None:  # written out: its zeros are its mask, and a 7B model's masks alone are 6.5 GB
             self.blocks.done(i)
             result.masks[i] = {}
@@ -172,7 +182,8 @@ class Pass:
                 # the sparse-stream input of block i: through the unit's earlier (already pruned) blocks
                 x_in = run(unit_blocks[:j], self.calib.x_sparse[:self.n_real], [kwargs[k] for k in unit[:j]],
                            self.device, config.batch_size, self.amp)
-                result.masks[i], x_out = choose_masks(self.layers[i], x_in, kwargs[i], config, self.device, self.amp)
+                result.masks[i], x_out = choose_masks(self.layers[i], x_in, kwargs[i], config, self.device, self.amp,
+                                                      self.ratios[i] if self.ratios else None)
                 if x_out is not None and not config.train_epochs and len(x_out) == len(self.calib.x_sparse):
                     self.lr_outputs[i] = x_out  # LR leaves the block as that forward saw it
             if not config.train_epochs:
@@ -233,6 +244,8 @@ def prune(model, config: RunConfig, calib: torch.Tensor, test: dict[str, torch.T
     state = Pass(layers, config, device, amp, kwargs, calib=streams(ids, x), n_real=len(calib), test=test,
                  holdout=streams(holdout) if holdout is not None and len(holdout) else None,
                  result=Result(test_block_error={name: [] for name in test}), blocks=blocks)
+    if config.allocation == "owl":  # from the dense blocks, before a checkpoint's pruned ones are loaded
+        _allocate(state, x[:len(calib)])
     resume_at, elapsed = checkpoints.resume(checkpoint, state) if checkpoint else (0, 0.0)
     start_time -= elapsed
     last_save = time.perf_counter()
@@ -264,12 +277,32 @@ def _prune_weights(layers, config: RunConfig, blocks, start_time: float, device)
             blocks.load(i)
         with torch.no_grad():
             result.masks[i], _ = choose_masks(block, None, {}, config, device)
-        for name, layer in arch.linears(block).items():
-            result.layer_sparsity[f"{i}.{name}"] = (layer.weight == 0).sum().item() / layer.weight.numel()
+        _count_zeros(result, i, block)
         if blocks is not None:
             blocks.done(i)
             result.masks[i] = {}
     return _finish(result, layers, start_time, device)
+
+
+def _allocate(state: Pass, x: torch.Tensor) -> None:
+    """OWL: each block's sparsity from its outlier ratio on the dense model (owl.py)."""
+    config = state.config
+    if state.blocks is not None:
+        raise ValueError("allocation='owl' reads every block's outliers before pruning the first, and a block-by-block "
+                         "run holds one block at a time: drop --low-memory, or use allocation='uniform'")
+    ratios = owl.block_ratios(state.layers, x, state.kwargs, state.device, config.batch_size, state.amp, config.owl_m)
+    state.ratios = owl.allocate(ratios, config.pattern[0], config.owl_lambda)
+    state.result.owl = {"outlier_ratio": ratios, "target": state.ratios}
+
+
+def _count_zeros(result: Result, i: int, block) -> None:
+    """The achieved sparsity of block i's linears, one by one and together."""
+    zeros = total = 0
+    for name, layer in arch.linears(block).items():
+        z, n = (layer.weight == 0).sum().item(), layer.weight.numel()
+        result.layer_sparsity[f"{i}.{name}"] = z / n
+        zeros, total = zeros + z, total + n
+    result.block_sparsity.append(zeros / total)
 
 
 def _finish(result: Result, layers, start_time: float, device) -> Result:
