@@ -277,6 +277,21 @@ def runs(profile: str) -> list[RunConfig]:
     return list(out.values())
 
 
+def baseline_cells(profile: str) -> dict[str, list[RunConfig]]:
+    """Issue 39's rows, a group of their own (not yet in `runs`): "exact lr", finding 1's LR with each criterion's
+    survivors refit by least squares plus ADMM, on finding 1's seeds of every model; "owl", the 70% block
+    {uniform, owl} × {LR, BR+GP} × {Wanda, SparseGPT} on the seeds of the model's Wanda rows (5 SmolLM2, 3 Gemma 3)."""
+    exact, allocation = [], []
+    for model in grid(profile).models:
+        exact += [cell(profile, model, s, criterion=c, recon="lr", refit=True) for c in CRITERIA
+                  for s in seeds(profile, model, c)]
+        exact += [cell(profile, model, s, criterion="admm", recon="lr") for s in seeds(profile, model, "admm")]
+        allocation += [cell(profile, model, s, criterion=c, recon=r, sparsity="0.7", allocation=a)
+                       for s in seeds(profile, model, "wanda") for c in ("wanda", "sparsegpt")
+                       for r in ("lr", "br+gp") for a in ("uniform", "owl")]
+    return {"exact lr": exact, "owl": allocation}
+
+
 def dense_runs(profile: str) -> list[RunConfig]:
     return [dense_cell(profile, m, full) for m in grid(profile).models for full in (False, True)]
 

@@ -34,38 +34,52 @@ def damped(W: torch.Tensor, H: torch.Tensor, percdamp: float) -> tuple[torch.Ten
 def solve(W: torch.Tensor, H: torch.Tensor, mask: torch.Tensor, percdamp: float = 0.01, tries: int = 6) -> torch.Tensor:
     """W (d_out, d_in) → the exact least-squares survivors on `mask` (bool, True = kept), zeros elsewhere.
 
-    Rows keep different numbers of columns (magnitude and SparseGPT choose per matrix or per block), so each
-    chunk of rows is padded to its largest kept count k with pruned columns whose equations are the identity
-    (solution 0). A failed Cholesky raises the damping tenfold and retries (logged), as SparseGPT does.
+    One k-sized Cholesky solve per row that keeps k columns: Σ k³/3 flops, ~125 GFLOP a SmolLM2 block at 50% (the
+    OBS form on the pruned side saves at most 13% on these masks, and loses digits where H is ill-conditioned).
+    A failed Cholesky raises the damping tenfold and retries (logged), as SparseGPT does.
     """
-    d_out, d_in = W.shape
     for attempt in range(tries):
         damp = percdamp * 10**attempt
         W_bar, H_d = damped(W, H, damp)
-        B = W_bar @ H_d  # (d_out, d_in): row r is ((H + λI) w̄_r)ᵀ, H symmetric
-        out = torch.zeros_like(W_bar)
-        k_max = max(int(mask.sum(1).max()), 1)
-        rows = max(1, CHUNK // (k_max * k_max))
-        failed = False
-        for start in range(0, d_out, rows):
-            m = mask[start:start + rows]
-            k = max(int(m.sum(1).max()), 1)
-            cols = torch.argsort((~m).to(torch.int8), dim=1, stable=True)[:, :k]  # kept columns first  (c, k)
-            real = torch.gather(m, 1, cols)                                        # False on the padding (c, k)
-            both = real[:, :, None] & real[:, None, :]
-            A = torch.where(both, H_d[cols[:, :, None], cols[:, None, :]], 0.0)   # (c, k, k)
-            A = A + torch.diag_embed((~real).float())
-            b = torch.where(real, torch.gather(B[start:start + rows], 1, cols), 0.0)  # (c, k)
-            L, info = torch.linalg.cholesky_ex(A)
-            if bool((info != 0).any()):
-                failed = True
-                break
-            x = torch.cholesky_solve(b[..., None], L)[..., 0]                     # (c, k)
-            out[start:start + rows].scatter_(1, cols, torch.where(real, x, 0.0))
-        if not failed:
+        out, ok = _sub_solve(H_d, mask, W_bar @ H_d)  # (H + λI)_SS ŵ_S = ((H + λI) w̄)_S, row by row
+        if ok:
             return out
         log.warning("refit: Cholesky failed with damping %.3g of mean(diag H); retrying with %.3g", damp, damp * 10)
     raise RuntimeError(f"refit: H is not positive definite even with damping {damp} · mean(diag H)")
+
+
+def _sub_solve(A_full: torch.Tensor, sets: torch.Tensor, rhs: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """Row r: solve A_full[S_r, S_r] x = rhs[r, S_r] for S_r = sets[r] → (x scattered into zeros (rows, d), ok).
+
+    Rows are taken in order of |S_r| and chunked, each chunk padded to its largest |S| with identity equations
+    (solution 0), so little of it is padding."""
+    rows_all, d = sets.shape
+    out = torch.zeros(rows_all, d, device=A_full.device)
+    counts = sets.sum(1)
+    order = torch.argsort(counts)
+    start = 0
+    while start < rows_all:
+        k = max(int(counts[order[start]]), 1)
+        rows = order[start:start + max(1, CHUNK // (k * k))]
+        k = max(int(counts[rows].max()), 1)
+        m = sets[rows]
+        cols = torch.argsort((~m).to(torch.int8), dim=1, stable=True)[:, :k]  # the set's columns first  (c, k)
+        A = torch.empty(len(rows), k, k, device=A_full.device)
+        for r, c in enumerate(cols):  # two index_selects a row beat one 2-D gather by ~1.5x
+            torch.index_select(A_full.index_select(0, c), 1, c, out=A[r])
+        b = torch.gather(rhs[rows], 1, cols)                                    # (c, k)
+        real = torch.gather(m, 1, cols)                                         # False on the padding (c, k)
+        if not bool(real.all()):
+            A.mul_(real[:, :, None] & real[:, None, :])
+            A.diagonal(dim1=1, dim2=2).add_((~real).float())
+            b.mul_(real)
+        L, info = torch.linalg.cholesky_ex(A)
+        if bool((info != 0).any()):
+            return out, False
+        x = torch.cholesky_solve(b[..., None], L)[..., 0]                      # (c, k)
+        out[rows] = torch.zeros(len(rows), d, device=A_full.device).scatter_(1, cols, x * real)
+        start += len(rows)
+    return out, True
 
 
 def loss(W: torch.Tensor, W_hat: torch.Tensor, H: torch.Tensor) -> float:

@@ -24,6 +24,7 @@ def masks(W, X):
     """Masks of every shape the solve meets: per matrix (rows keep different counts), per row, N:M."""
     return {"magnitude 0.6": criteria.select(W.abs(), 0.6),
             "wanda 0.5": criteria.select(criteria.score("wanda", W, X.pow(2).sum(0)), 0.5, per_row=True),
+            "wanda 0.25": criteria.select(criteria.score("wanda", W, X.pow(2).sum(0)), 0.25, per_row=True),
             "2:4": criteria.select(W.abs(), 0.5, 2, 4)}
 
 
