@@ -67,7 +67,8 @@ def cmd_prune(args) -> dict:
     values = {f.name: getattr(args, f.name) for f in fields(RunConfig)}
     config = from_dict(values)
     record = records.run(config, out=args.out, low_memory=args.low_memory)
-    keep = ("sparsity", "block_sparsity", "owl", "block_error", "final_error", "test_block_error", "test_final_error", "ppl", "zeroshot",
+    keep = ("sparsity", "block_sparsity", "owl", "block_error", "final_error", "test_block_error", "test_final_error",
+            "ppl", "zeroshot",
             "peak_memory_mb", "key", "holdout_block_error", "unit_curves")
     return {**{k: record[k] for k in keep if k in record}, "seconds": record["seconds"]["total"], "config": record["config"],
             "calib_digest": record.get("calib_digest"), "record": str(records.path(config))}

@@ -18,7 +18,8 @@ DTYPES = ("auto", "bfloat16", "float16", "float32")
 @dataclass(frozen=True)
 class RunConfig:
     model: str = "smollm2-135m"         # an embedded name (smollm2-135m, gemma3-270m), a Hub id or a local HF folder
-    criterion: str = "sparsegpt"        # what chooses each block's masks (method.md §2)
+    criterion: str = "sparsegpt"        # what chooses each block's masks (method.md §2); admm (beyond the paper): mask
+                                        # and weights together, ~11x SparseGPT's time (admm_iters)
     sparsity: str = "0.5"               # unstructured ratio in (0, 1), or "N:M" (keep N of every M)
     recon: str = "lr"                   # scheme (method.md §3): lr = the criterion alone; br = Adam per block; +gp
                                         # towards the dense stream; +cr on two-block units
@@ -26,15 +27,18 @@ class RunConfig:
     # on, so the paper's LR keeps its name, keys and records, and refit also gives BR an exact start.
     refit: bool = False                 # exact LR: each linear's survivors refit by least squares to the dense layer's
                                         # output on the same sparse-stream inputs (refit.py); the paper's LR updates
-                                        # none (magnitude, Wanda) or by OBS (SparseGPT). Adds ~6 s a block on SmolLM2
-                                        # at 50% (one thread): about 2x the LR time of SparseGPT
-    admm_iters: int = 20                # criterion admm (Boža 2024): ADMM iterations of the weight update; ~0.8 s a
-                                        # block on SmolLM2 (one thread) plus the exact final solve: about 3x SparseGPT
+                                        # none (magnitude, Wanda) or by OBS (SparseGPT). Cost: ~15 s more a SmolLM2
+                                        # block at 50% (cpu profile, one thread; ~8x SparseGPT's own solve), so an LR
+                                        # run's pruning takes ~5x as long
+    admm_iters: int = 20                # criterion admm (Boža 2024, admm.py): iterations of its weight update. Cost:
+                                        # ~21 s a SmolLM2 block at 50% or 2:4 (cpu profile, one thread; ~11x
+                                        # SparseGPT's), most of it the exact solve on the final mask
     admm_prune_iters: int = 15          # admm: the first K iterations re-choose the mask, on a cubic sparsity schedule
     admm_rho: float = 1.0               # admm: the penalty ρ of the splitting
     allocation: str = "uniform"         # each block's sparsity: uniform, or owl (Yin et al. 2024): fewer zeros where
                                         # more |W|·‖X‖ outliers, mean over blocks = sparsity, spread 2·owl_lambda;
-                                        # costs one dense forward of the calibration windows (~+10% of an LR run)
+                                        # costs one dense forward of the calibration windows first (~35 s on SmolLM2
+                                        # in the cpu profile, a third of a SparseGPT LR run's pruning)
     owl_m: float = 5.0                  # owl: a score is an outlier above owl_m × the block's mean score
     owl_lambda: float = 0.08            # owl: block sparsities span sparsity ± about owl_lambda (2·owl_lambda in all)
     calib: str = "wikitext2-valid"      # a corpus name or a local .txt / .jsonl file or folder; the paper uses c4

@@ -286,9 +286,10 @@ def baseline_cells(profile: str) -> dict[str, list[RunConfig]]:
         exact += [cell(profile, model, s, criterion=c, recon="lr", refit=True) for c in CRITERIA
                   for s in seeds(profile, model, c)]
         exact += [cell(profile, model, s, criterion="admm", recon="lr") for s in seeds(profile, model, "admm")]
-        allocation += [cell(profile, model, s, criterion=c, recon=r, sparsity="0.7", allocation=a)
-                       for s in seeds(profile, model, "wanda") for c in ("wanda", "sparsegpt")
-                       for r in ("lr", "br+gp") for a in ("uniform", "owl")]
+        # the OWL question reads perplexity and final error: no zero-shot (cell's first-seed rule would add it to 16)
+        allocation += [cell(profile, model, s, criterion=c, recon=r, sparsity="0.7", allocation=a).replace(
+                       zeroshot=(), zeroshot_limit=0) for s in seeds(profile, model, "wanda")
+                       for c in ("wanda", "sparsegpt") for r in ("lr", "br+gp") for a in ("uniform", "owl")]
     return {"exact lr": exact, "owl": allocation}
 
 
