@@ -13,10 +13,11 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from .config import CORPORA, CRITERIA, DTYPES, SCHEMES, TEST_SETS, RunConfig, check_contamination, field_help, from_dict
+from .config import (ALLOCATIONS, BASELINES, CORPORA, CRITERIA, DTYPES, SCHEMES, TEST_SETS, RunConfig,
+                     check_contamination, field_help, from_dict)
 
 
-CHOICES = {"criterion": CRITERIA, "recon": SCHEMES, "dtype": DTYPES}
+CHOICES = {"criterion": CRITERIA + BASELINES, "recon": SCHEMES, "dtype": DTYPES, "allocation": ALLOCATIONS}
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -69,8 +70,9 @@ def cmd_prune(args) -> dict:
     values = {f.name: getattr(args, f.name) for f in fields(RunConfig)}
     config = from_dict(values)
     record = records.run(config, out=args.out, low_memory=args.low_memory)
-    keep = ("sparsity", "block_error", "final_error", "test_block_error", "test_final_error", "ppl", "zeroshot",
-            "peak_memory_mb", "key", "holdout_block_error", "unit_curves", "dense_kept", "unrouted_experts")
+    keep = ("sparsity", "block_sparsity", "owl", "block_error", "final_error", "test_block_error", "test_final_error",
+            "ppl", "zeroshot", "peak_memory_mb", "key", "holdout_block_error", "unit_curves", "dense_kept",
+            "unrouted_experts")
     return {**{k: record[k] for k in keep if k in record}, "seconds": record["seconds"]["total"], "config": record["config"],
             "calib_digest": record.get("calib_digest"), "record": str(records.path(config))}
 

@@ -7,6 +7,8 @@ import json
 from dataclasses import dataclass, fields
 
 CRITERIA = ("magnitude", "wanda", "sparsegpt")
+BASELINES = ("admm",)  # criteria beyond the paper's (issue 39): the grid's finding 1 (over CRITERIA) leaves them out
+ALLOCATIONS = ("uniform", "owl")
 SCHEMES = ("lr", "br", "br+gp", "br+gp+cr")
 CORPORA = ("wikitext2", "ptb", "c4", "wikitext2-valid", "boolq-passages")  # the corpora reconlib.data reads
 TEST_SETS = ("wikitext2", "ptb", "c4", "boolq-passages")                   # perplexity and test-error sets
@@ -16,10 +18,29 @@ DTYPES = ("auto", "bfloat16", "float16", "float32")
 @dataclass(frozen=True)
 class RunConfig:
     model: str = "smollm2-135m"         # an embedded name (smollm2-135m, gemma3-270m), a Hub id or a local HF folder
-    criterion: str = "sparsegpt"        # what chooses each block's masks (method.md §2)
+    criterion: str = "sparsegpt"        # what chooses each block's masks (method.md §2); admm (beyond the paper): mask
+                                        # and weights together, ~11x SparseGPT's time (admm_iters)
     sparsity: str = "0.5"               # unstructured ratio in (0, 1), or "N:M" (keep N of every M)
     recon: str = "lr"                   # scheme (method.md §3): lr = the criterion alone; br = Adam per block; +gp
                                         # towards the dense stream; +cr on two-block units
+    # A flag, not a fifth scheme: the scheme says what is trained after the masks, refit what the criterion hands
+    # on, so the paper's LR keeps its name, keys and records, and refit also gives BR an exact start.
+    refit: bool = False                 # exact LR: each linear's survivors refit by least squares to the dense layer's
+                                        # output on the same sparse-stream inputs (refit.py); the paper's LR updates
+                                        # none (magnitude, Wanda) or by OBS (SparseGPT). Cost: ~15 s more a SmolLM2
+                                        # block at 50% (cpu profile, one thread; ~8x SparseGPT's own solve), so an LR
+                                        # run's pruning takes ~5x as long
+    admm_iters: int = 20                # criterion admm (Boža 2024, admm.py): iterations of its weight update. Cost:
+                                        # ~21 s a SmolLM2 block at 50% or 2:4 (cpu profile, one thread; ~11x
+                                        # SparseGPT's), most of it the exact solve on the final mask
+    admm_prune_iters: int = 15          # admm: the first K iterations re-choose the mask, on a cubic sparsity schedule
+    admm_rho: float = 1.0               # admm: the penalty ρ of the splitting
+    allocation: str = "uniform"         # each block's sparsity: uniform, or owl (Yin et al. 2024): fewer zeros where
+                                        # more |W|·‖X‖ outliers, mean over blocks = sparsity, spread 2·owl_lambda;
+                                        # costs one dense forward of the calibration windows first (~35 s on SmolLM2
+                                        # in the cpu profile, a third of a SparseGPT LR run's pruning)
+    owl_m: float = 5.0                  # owl: a score is an outlier above owl_m × the block's mean score
+    owl_lambda: float = 0.08            # owl: block sparsities span sparsity ± about owl_lambda (2·owl_lambda in all)
     calib: str = "wikitext2-valid"      # a corpus name or a local .txt / .jsonl file or folder; the paper uses c4
     n_calib: int = 32                   # calibration windows (paper: 256)
     seq_len: int = 512                  # tokens per window (paper: 1024 calibration, 2048 evaluation)
@@ -67,8 +88,10 @@ class RunConfig:
             if not ok:
                 raise ValueError(msg)
 
-        need(self.criterion in CRITERIA, f"unknown criterion {self.criterion!r}: use one of {', '.join(CRITERIA)}")
+        need(self.criterion in CRITERIA + BASELINES,
+             f"unknown criterion {self.criterion!r}: use one of {', '.join(CRITERIA + BASELINES)}")
         need(self.recon in SCHEMES, f"unknown recon scheme {self.recon!r}: use one of {', '.join(SCHEMES)}")
+        self._validate_baselines(need)
         need(self.calib in CORPORA or _is_local(self.calib),
              f"unknown calibration corpus {self.calib!r}: use one of {', '.join(CORPORA)}, or the path of an "
              "existing .txt file, .jsonl file (one {\"text\": ...} a line) or folder of .txt files")
@@ -107,6 +130,30 @@ class RunConfig:
         need(self.device in ("auto", "cpu") or self.device.startswith("cuda"),
              f"device must be 'auto', 'cpu' or 'cuda[:i]', got {self.device!r}")
         need(self.dtype in DTYPES, f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+
+    def _validate_baselines(self, need):
+        """Issue 39's fields: the exact LR, ADMM and OWL."""
+        need(isinstance(self.refit, bool), f"refit must be true or false, got {self.refit!r}")
+        need(not (self.refit and self.criterion == "admm"),
+             "criterion='admm' already ends with the least-squares solve on its mask: drop refit")
+        for name in ("admm_iters", "admm_prune_iters"):
+            need(isinstance(getattr(self, name), int) and getattr(self, name) >= 0,
+                 f"{name} must be an integer ≥ 0, got {getattr(self, name)!r}")
+        need(self.admm_prune_iters <= self.admm_iters,
+             f"admm_prune_iters ({self.admm_prune_iters}) re-choose the mask within the admm_iters "
+             f"({self.admm_iters}) iterations: lower admm_prune_iters or raise admm_iters")
+        need(self.admm_rho > 0, f"admm_rho must be > 0, got {self.admm_rho}")
+        need(self.allocation in ALLOCATIONS, f"unknown allocation {self.allocation!r}: use one of {', '.join(ALLOCATIONS)}")
+        need(self.n_calib > 0 or not (self.refit or self.allocation == "owl"),
+             "refit and allocation='owl' read calibration activations: raise n_calib")
+        if self.allocation == "owl":
+            ratio, _, group = parse_sparsity(self.sparsity)
+            need(not group, f"allocation='owl' spreads an unstructured ratio, and {self.sparsity} fixes every group's: "
+                 "use a ratio such as sparsity=0.7, or allocation='uniform'")
+            need(self.owl_m > 0, f"owl_m must be > 0, got {self.owl_m}")
+            need(0 <= 2 * self.owl_lambda < min(ratio, 1 - ratio),
+                 f"owl_lambda={self.owl_lambda} would push a block's sparsity out of (0, 1) around {ratio}: "
+                 f"use 0 ≤ owl_lambda < {min(ratio, 1 - ratio) / 2:.3g}")
 
     @property
     def pattern(self) -> tuple[float, int, int]:
@@ -157,6 +204,9 @@ class RunConfig:
 
 
 ADDED = {"sequential": False, "extra_real": 0, "holdout": 0, "early_stop": False, "eval_len": 0}  # fields added after records were first committed, left out of key() at their default
+
+ADDED |= {"refit": False, "admm_iters": 20, "admm_prune_iters": 15, "admm_rho": 1.0, "allocation": "uniform",
+          "owl_m": 5.0, "owl_lambda": 0.08}  # issue 39's
 
 
 def check_contamination(calib: str, tasks, fix: str, who: str = "calib='boolq-passages'") -> None:

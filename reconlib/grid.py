@@ -24,7 +24,7 @@ class Grid:
     zeroshot_limit: int     # items per zero-shot task, for the dense model and the rows in ZEROSHOT_ROWS
     full_eval: bool         # the intro table's rows get perplexity on the whole test sets
     lr: dict = field(default_factory=dict)  # model → Adam's lr, where the profile's overshoots (bench/lr_check.py)
-    fewer: dict = field(default_factory=dict)  # model → seeds of its finding 4 runs, where fewer
+    fewer: dict = field(default_factory=dict)  # model → seeds of its finding 4 runs and 70% block, where fewer
     # finding 4 (early stopping): held-out windows, the (n_calib, epochs) settings it compares (the profile's own is
     # added), and the sweep on the first model's first seed that chose them
     holdout: int = 0
@@ -291,6 +291,23 @@ def runs(profile: str) -> list[RunConfig]:
         for c in f4:
             out.setdefault(c.key(), c)
     return list(out.values())
+
+
+def baseline_cells(profile: str) -> dict[str, list[RunConfig]]:
+    """Issue 39's rows, a group of their own (not yet in `runs`): "exact lr", finding 1's LR with each criterion's
+    survivors refit by least squares plus ADMM, on finding 1's seeds of every model; "owl", the 70% block
+    {uniform, owl} × {LR, BR+GP} × {Wanda, SparseGPT} on the model's fewer seeds where it has them (5 SmolLM2, 3
+    Gemma 3)."""
+    exact, allocation = [], []
+    for model in grid(profile).models:
+        exact += [cell(profile, model, s, criterion=c, recon="lr", refit=True) for c in CRITERIA
+                  for s in seeds(profile, model)]
+        exact += [cell(profile, model, s, criterion="admm", recon="lr") for s in seeds(profile, model)]
+        # the OWL question reads perplexity and final error: no zero-shot (cell's first-seed rule would add it to 16)
+        allocation += [cell(profile, model, s, criterion=c, recon=r, sparsity="0.7", allocation=a).replace(
+                       zeroshot=(), zeroshot_limit=0) for s in grid(profile).fewer.get(model, seeds(profile, model))
+                       for c in ("wanda", "sparsegpt") for r in ("lr", "br+gp") for a in ("uniform", "owl")]
+    return {"exact lr": exact, "owl": allocation}
 
 
 def dense_runs(profile: str) -> list[RunConfig]:

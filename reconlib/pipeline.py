@@ -151,7 +151,7 @@ def compute(config: RunConfig, progress: bool = True, out: str | Path | None = N
     ppl, nll, zs, seconds = _evaluate(model, tokenizer, config, bos, device)
     record = {
         "key": config.key(), "config": config.to_dict(), "calib_digest": config.calib_digest,
-        "sparsity": result.sparsity, "layer_sparsity": result.layer_sparsity,
+        "sparsity": result.sparsity, "layer_sparsity": result.layer_sparsity, "block_sparsity": result.block_sparsity,
         "block_error": result.block_error, "final_error": result.final_error,
         "block_error_from1": result.block_error_from1,
         "test_block_error": result.test_block_error,
@@ -168,6 +168,8 @@ def compute(config: RunConfig, progress: bool = True, out: str | Path | None = N
     }
     if config.holdout:  # each unit's train / held-out curve, and the error of the held-out windows block by block
         record |= {"holdout_block_error": result.holdout_block_error, "unit_curves": result.unit_curves}
+    if config.allocation != "uniform":  # each block's outlier ratio and the sparsity it was given (owl.py)
+        record["owl"] = result.owl
     if config.self_gen:  # what the model wrote, for the page: the cache of texts may be on another machine
         record["self_gen_sample"] = tokenizer.decode(extra[0], skip_special_tokens=True)
     if out is not None and blocks is None:

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from . import arch, checkpoints, criteria, guard, memory, moe, sparsegpt
+from . import admm, arch, checkpoints, criteria, guard, memory, moe, owl, refit, sparsegpt
 from .evaluate import window_error
 from .training import train
 from .config import RunConfig
@@ -35,6 +35,8 @@ class Result:
     test_window_error: dict[str, list[float]] = field(default_factory=dict)  # the last block's, per test window
     holdout_block_error: list[float] = field(default_factory=list)  # the same on the held-out calibration windows
     layer_sparsity: dict[str, float] = field(default_factory=dict)  # "i.name" → achieved fraction of zeros
+    block_sparsity: list[float] = field(default_factory=list)     # the same over each block's linears together
+    owl: dict = field(default_factory=dict)  # allocation owl: each block's outlier ratio and sparsity target
     sparsity: float = 0.0                                         # over all pruned layers
     unit_loss: list[float] = field(default_factory=list)          # last-epoch training loss per unit (empty for LR)
     unit_curves: list[dict] = field(default_factory=list)  # per unit with holdout: train / held-out error per epoch
@@ -61,9 +63,12 @@ def schedule(scheme: str, L: int) -> list[tuple[int, ...]]:
 
 
 def choose_masks(block, x_in: torch.Tensor, kwargs: dict, config: RunConfig, device,
-                 amp=None, unrouted: dict | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+                 amp=None, unrouted: dict | None = None,
+                 ratio: float | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
     """Masks for every matrix of one block (on `device`), from its sparse-stream inputs x_in (method.md §2).
-    Wanda and magnitude zero the pruned weights; SparseGPT also updates the survivors.
+    Wanda and magnitude zero the pruned weights; SparseGPT and ADMM also update the survivors, and config.refit
+    replaces the survivors by the exact least-squares solve on the mask (refit.py). ratio: the block's own
+    unstructured sparsity (OWL), else the config's.
 
     config.sequential (SparseGPT's "true sequential"): one forward of all of x_in at once, each linear pruned
     as its input arrives, so o_proj's statistics see the pruned q/k/v, down_proj's the pruned gate/up; that
@@ -72,7 +77,8 @@ def choose_masks(block, x_in: torch.Tensor, kwargs: dict, config: RunConfig, dev
     An expert that no calibration token reaches has no statistics: it is pruned by magnitude, and `unrouted`
     (when given) gets its name and what was done.
     """
-    ratio, n_keep, group = config.pattern
+    ratio_config, n_keep, group = config.pattern
+    ratio = ratio_config if ratio is None else ratio
     mats = arch.matrices(block)
     masks = {}
 
@@ -81,22 +87,27 @@ def choose_masks(block, x_in: torch.Tensor, kwargs: dict, config: RunConfig, dev
         seen = stats is None or name in stats.n
         if config.criterion == "sparsegpt" and seen:
             W_new, mask, _ = sparsegpt.solve(W, stats.H(name), ratio, n_keep, group)
-            W.copy_(W_new.to(W.dtype))
+        elif config.criterion == "admm" and seen:
+            W_new, mask, _ = admm.solve(W, stats.H(name), ratio, n_keep, group, config.admm_iters, config.admm_rho,
+                                        config.admm_prune_iters)
         else:
-            S = criteria.score(config.criterion if seen else "magnitude", W.float(),
-                               stats.col_sq[name] if seen and stats else None)
+            S = criteria.score(config.criterion if seen and config.criterion != "admm" else "magnitude", W.float(),
+                               stats.col_sq[name] if seen and stats and config.criterion == "wanda" else None)
             mask = criteria.select(S, ratio, n_keep, group, per_row=config.criterion == "wanda")
-            W.mul_(mask)
+            W_new = W * mask
             if not seen and unrouted is not None:
                 unrouted[name] = ("no calibration token was routed to this expert" if mats[name].expert is not None
                                   else "no calibration input reached it") + ": pruned by magnitude" + \
                                  (" per row" if config.criterion == "wanda" else "") + " at the same sparsity"
+        if config.refit and seen:  # from w̄, not from the criterion's survivors: the solve's optimum does not depend on them
+            W_new = refit.solve(W, stats.H(name), mask)
+        W.copy_(W_new.to(W.dtype))
         masks[name] = mask
 
     stats, x_out = None, None
-    if config.criterion != "magnitude":
+    if config.criterion != "magnitude" or config.refit:
         stats = criteria.Stats({n: m.module for n, m in mats.items() if m.module is not None},
-                               hessian=config.criterion == "sparsegpt",
+                               hessian=config.criterion in ("sparsegpt", "admm") or config.refit,
                                on_input=prune_layer if config.sequential else None)
         routed = moe.RoutedInputs(block, stats)
         kw = arch.to(kwargs, device)
@@ -134,6 +145,7 @@ class Pass:
     blocks: object = None   # a lazy.Blocks: blocks read before their first unit, written once final
     dense: dict = field(default_factory=dict)  # i → w̄_i, a copy kept until the streams pass block i
     lr_outputs: dict = field(default_factory=dict)  # i → x_{i+1}, from the forward that chose block i's masks (LR)
+    ratios: list | None = None  # each block's unstructured sparsity (OWL), None: the config's for every block
     pos: int = 0
 
     @property
@@ -158,7 +170,7 @@ class Pass:
         if self.holdout:
             result.holdout_block_error.append(self.holdout.advance(self.layers[i], *self._stream_args())[0])
         del self.dense[i]
-        _final(i, self.layers[i], self.config, result)
+        _final(i, self.layers[i], self.config, result, self.ratios[i] if self.ratios else None)
         if self.blocks is not None:  # written out: its zeros are its mask, and a 7B model's masks alone are 6.5 GB
             self.blocks.done(i)
             result.masks[i] = {}
@@ -189,7 +201,7 @@ class Pass:
                            self.device, config.batch_size, self.amp)
                 unrouted = {}
                 result.masks[i], x_out = choose_masks(self.layers[i], x_in, kwargs[i], config, self.device, self.amp,
-                                                      unrouted)
+                                                      unrouted, self.ratios[i] if self.ratios else None)
                 result.unrouted_experts |= {f"{i}.{name}": what for name, what in unrouted.items()}
                 if x_out is not None and not config.train_epochs and len(x_out) == len(self.calib.x_sparse):
                     self.lr_outputs[i] = x_out  # LR leaves the block as that forward saw it
@@ -252,6 +264,8 @@ def prune(model, config: RunConfig, calib: torch.Tensor, test: dict[str, torch.T
     state = Pass(layers, config, device, amp, kwargs, calib=streams(ids, x), n_real=len(calib), test=test,
                  holdout=streams(holdout) if holdout is not None and len(holdout) else None,
                  result=Result(test_block_error={name: [] for name in test}, dense_kept=kept), blocks=blocks)
+    if config.allocation == "owl":  # from the dense blocks, before a checkpoint's pruned ones are loaded
+        _allocate(state, x[:len(calib)])
     resume_at, elapsed = checkpoints.resume(checkpoint, state) if checkpoint else (0, 0.0)
     start_time -= elapsed
     last_save = time.perf_counter()
@@ -290,11 +304,27 @@ def _prune_weights(layers, config: RunConfig, blocks, start_time: float, device,
     return _finish(result, layers, start_time, device)
 
 
-def _final(i: int, block, config: RunConfig, result: Result) -> None:
-    """Block i is final: its sparsity, counted from its parameters, and the guard (guard.py) on them."""
-    for key, (zeros, size) in arch.sparsity(block).items():
-        result.layer_sparsity[f"{i}.{key}"] = zeros / size
-    guard.check(i, block, config.pattern)
+def _allocate(state: Pass, x: torch.Tensor) -> None:
+    """OWL: each block's sparsity from its outlier ratio on the dense model (owl.py)."""
+    config = state.config
+    if state.blocks is not None:
+        raise ValueError("allocation='owl' reads every block's outliers before pruning the first, and a block-by-block "
+                         "run holds one block at a time: drop --low-memory, or use allocation='uniform'")
+    ratios = owl.block_ratios(state.layers, x, state.kwargs, state.device, config.batch_size, state.amp, config.owl_m)
+    state.ratios = owl.allocate(ratios, config.pattern[0], config.owl_lambda)
+    state.result.owl = {"outlier_ratio": ratios, "target": state.ratios}
+
+
+def _final(i: int, block, config: RunConfig, result: Result, ratio: float | None = None) -> None:
+    """Block i is final: its sparsity, counted from its parameters, one by one and together, and the guard
+    (guard.py) on them at the block's own ratio (OWL's, else the config's)."""
+    zeros = total = 0
+    for key, (z, n) in arch.sparsity(block).items():
+        result.layer_sparsity[f"{i}.{key}"] = z / n
+        zeros, total = zeros + z, total + n
+    result.block_sparsity.append(zeros / total)
+    pattern = config.pattern
+    guard.check(i, block, pattern if ratio is None else (ratio, *pattern[1:]))
 
 
 def _finish(result: Result, layers, start_time: float, device) -> Result:

@@ -115,3 +115,16 @@ def test_the_reconlib_console_script_is_main(capsys, monkeypatch):
     with pytest.raises(SystemExit) as done:
         __main__.main()
     assert done.value.code == 0 and capsys.readouterr().out.startswith("usage: reconlib prune")
+
+
+@pytest.mark.parametrize("argv", [["--criterion", "admm", "--sparsity", "2:4"], ["--criterion", "wanda", "--refit"],
+                                  ["--criterion", "sparsegpt", "--sparsity", "0.6", "--allocation", "owl"]])
+def test_the_baselines_run_from_the_cli_and_record_each_blocks_sparsity(capsys, argv):
+    code, out = run_cli(capsys, "prune", "--model", "tiny-llama", "--n-calib", "4", "--seq-len", "32", "--batch-size",
+                        "2", "--ppl", "", "--test-error", "", *argv, "--json")
+    payload = json.loads(out.out)
+    assert code == 0 and len(payload["block_sparsity"]) == 3  # tiny-llama: 3 blocks
+    if "owl" in argv:
+        assert sum(payload["owl"]["target"]) / 3 == pytest.approx(0.6)
+    else:
+        assert payload["block_sparsity"] == pytest.approx([0.5] * 3)
