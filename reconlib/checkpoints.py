@@ -54,11 +54,11 @@ def resume(folder: Path, state) -> tuple[int, float]:
 def writer() -> dict:
     """The code and kernels a checkpoint was written with: a run resumes only under the same ones, so that every
     record is one code version's and one CPU's (a pair's two arms are compared bit for bit on one machine)."""
-    from . import provenance, verify
+    from . import provenance
 
     here = provenance.environment()
-    return {"source_digest": here["source_digest"], "kernels": verify.kernels(here),
-            "threads": here["machine"]["threads"]}
+    return {"source_digest": here["source_digest"], "versions": here["versions"],
+            "machine": {k: v for k, v in here["machine"].items() if k != "platform"}}  # CPU, ISA, BLAS, threads
 
 
 def _save(obj, file: Path) -> None:

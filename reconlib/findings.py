@@ -115,7 +115,7 @@ def ppl(record: dict, corpus: str, windows: int) -> float:
     return math.exp(sum(nll) / len(nll))
 
 
-COLUMNS = ["model", "seed", "criterion", "sparsity", "recon", "epochs", "n_calib", "self_gen", "extra_real",
+COLUMNS = ["model", "seed", "criterion", "sparsity", "seq_len", "recon", "epochs", "n_calib", "self_gen", "extra_real",
            "final_error", "final_error_from1", "position0_share_%", "test_error_wikitext2", "test_error_ptb",
            "ppl_wikitext2", "ppl_ptb", "seconds", "seconds_total", "peak_memory_mb", "cpu", "source", "windows"]
 UNNAMED = "unnamed"  # the CPU of a record older than machine fingerprints
@@ -124,6 +124,7 @@ UNNAMED = "unnamed"  # the CPU of a record older than machine fingerprints
 def row(record: dict, subset: int) -> dict:
     c = record["config"]
     out = {"model": c["model"], "seed": c["seed"], "criterion": c["criterion"], "sparsity": c["sparsity"],
+           "seq_len": c["seq_len"],
            "recon": c["recon"], "epochs": c["epochs"], "n_calib": c["n_calib"], "self_gen": c["self_gen"],
            "extra_real": c.get("extra_real", 0),
            "final_error": record["final_error"], "final_error_from1": record["block_error_from1"][-1]}
@@ -337,6 +338,72 @@ def capacity(profile: str, df: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame(rows, columns=["model", "weights a block", "calib. tokens", "test ÷ calib. error"])
     out.insert(3, "weights per token, CR", (2 * out["weights a block"] / out["calib. tokens"]).round().astype(int))
     return out.set_index("model")
+
+
+# ------------------------------------------------------------------ finding 2 along the calibration set's size
+def ladder(profile: str, model: str, progress: bool = True) -> pd.DataFrame:
+    """Finding 2's pair at each calibration volume of the ladder and at the book's own (its runs' first seeds),
+    one row a run; `tokens` = n_calib × seq_len."""
+    df = table(grid.ladder_cells(profile, model, own=True), profile, progress)
+    return df.assign(tokens=df.n_calib * df.seq_len)
+
+
+def ladder_changes(df: pd.DataFrame) -> pd.DataFrame:
+    """CR's paired change at each point, part by part, in % of BR+GP's value (so errors and perplexities read on
+    one axis): mean, 95% CI, n, and the move by finding 2's rule (↑, ↓ or ≈)."""
+    rows = []
+    for (model, n_calib, seq_len), d in df.groupby(["model", "n_calib", "seq_len"], sort=False):
+        regime_ = verdict_overfitting(d)["regime"]
+        for m, move in zip(["final_error"] + _measured(d), regime_.ours):
+            part = Part(METRICS[m], changes(d, "recon", "br+gp", "br+gp+cr", m, relative=True), 1)
+            t = part.test
+            rows.append({"model": model, "point": f"{n_calib} × {seq_len}", "tokens": n_calib * seq_len,
+                         "part": METRICS[m], "change %": t.mean, "lo": t.ci[0], "hi": t.ci[1], "n": t.n, "move": move})
+    return pd.DataFrame(rows, columns=["model", "point", "tokens", "part", "change %", "lo", "hi", "n", "move"])
+
+
+def ladder_regimes(profile: str, df: pd.DataFrame) -> pd.DataFrame:
+    """Per model and point (every point of the grid, measured or not): each part's move and the paper's regime it
+    matches (LLaMA-7B overfits, OPT-125M does not), by finding 2's rule."""
+    rows = []
+    for model in grid.grid(profile).models:
+        points = sorted({(c.n_calib, c.seq_len) for c in grid.ladder_cells(profile, model, own=True)},
+                        key=lambda p: (p[0] * p[1], p[1]))  # by tokens, then the shorter windows
+        for n_calib, seq_len in points:
+            d = df[(df.model == model) & (df.n_calib == n_calib) & (df.seq_len == seq_len)]
+            row = {"model": model, "point": f"{n_calib} × {seq_len}", "tokens": n_calib * seq_len}
+            pairs = len(set(d[d.recon == "br+gp"].seed) & set(d[d.recon == "br+gp+cr"].seed))
+            if pairs < 2:
+                rows.append(row | {"n": pairs, "matches": stats.NONE if not pairs else "one seed: no regime"})
+                continue
+            v = verdict_overfitting(d)
+            rows.append(row | {short: move for short, move in zip(SHORT, v["regime"].ours)} | {"n": pairs,
+                                                                                               "matches": v["matches"]})
+    return pd.DataFrame(rows)
+
+
+SHORT = ["calib.", "test WT2", "test PTB", "ppl WT2", "ppl PTB"]  # the regime table's narrow heads, METRICS' order
+
+
+def ladder_answer(regimes: pd.DataFrame) -> str:
+    """In words, per model: from which volume on CR stops raising the test error (if it does), and the paper's
+    regime each measured volume matches."""
+    out = []
+    for model, r in regimes.groupby("model", sort=False):
+        m = r[r.n >= 2]
+        tests = [c for c in ("test WT2", "test PTB") if c in m]
+        if not len(m) or not tests:
+            out.append(f"{model}: not measured yet")
+            continue
+        up = m[tests].eq("↑").any(axis=1).tolist()
+        if not any(up):
+            when = "CR raises no test error at any volume measured"
+        elif up[-1]:
+            when = f"CR still raises a test error at the largest volume measured ({m.point.iloc[-1]})"
+        else:
+            when = f"CR stops raising the test error from {m.point.iloc[max(i for i, u in enumerate(up) if u) + 1]} on"
+        out.append(f"{model}: {when}; regimes by volume: " + ", ".join(f"{p} {x}" for p, x in zip(m.point, m.matches)))
+    return "; ".join(out) + "."
 
 
 def sweep(profile: str, model: str, field: str, progress: bool = True) -> pd.DataFrame:

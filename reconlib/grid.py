@@ -35,6 +35,10 @@ class Grid:
     # finding 2's pair (finding 3's arms run on the model's seeds)
     evaluation: dict = field(default_factory=dict)
     pair_seeds: tuple = ()
+    # finding 2's pair along the calibration set's size: model → (n_calib, seq_len) points beside the profile's own,
+    # on each model's first ladder_seeds seeds, everything else the book's (epochs, lr, batch, evaluation)
+    ladder: dict = field(default_factory=dict)
+    ladder_seeds: int = 3
 
 
 GRIDS = {
@@ -51,6 +55,11 @@ GRIDS = {
                 # fewest for which which-windows is at most 10% of a deciding part's variance (the evidence page,
                 # reconlib.robust); 10 seeds on finding 2's pair, where one seed less flipped both models' verdicts
                 evaluation=dict(eval_len=512, max_eval_windows=80), pair_seeds=tuple(range(10)),
+                # from a quarter of the book's 8k calibration tokens to a quarter of the paper's 262k; Gemma 3 at
+                # the two cheapest new points. `hours` prices these at 15.6 CPU-hours, inside the 16 the ladder may
+                # spend; 256 × 512 (half the paper's tokens) would add 10.1 for its 3 seeds, so it is left out
+                ladder={"smollm2-135m": ((16, 128), (256, 128), (64, 512), (256, 256)),
+                        "gemma3-270m": ((16, 128), (256, 128))},
                 # 16 windows × 8 epochs: the book's 64 Adam steps a unit on a quarter of its windows, where the
                 # calibration error falls 3.7× from 2 epochs and the test error does not; 4 windows overfit far
                 # more (the sweep of 4–16 windows × 8–32 epochs, on the page) but leave too little to reconstruct
@@ -290,6 +299,10 @@ def runs(profile: str) -> list[RunConfig]:
         f4.sort(key=lambda c: (c.n_calib, c.epochs) not in grid(profile).stop_settings)
         for c in f4:
             out.setdefault(c.key(), c)
+    # beyond: the exact-LR, ADMM and OWL baselines (#39), then the calibration-size ladder, cheapest first (#40)
+    for c in [c for cells in baseline_cells(profile).values() for c in cells] + \
+            sorted((c for m in grid(profile).models for c in ladder_cells(profile, m)), key=cost):
+        out.setdefault(c.key(), c)
     return list(out.values())
 
 
@@ -308,6 +321,19 @@ def baseline_cells(profile: str) -> dict[str, list[RunConfig]]:
                        zeroshot=(), zeroshot_limit=0) for s in grid(profile).fewer.get(model, seeds(profile, model))
                        for c in ("wanda", "sparsegpt") for r in ("lr", "br+gp") for a in ("uniform", "owl")]
     return {"exact lr": exact, "owl": allocation}
+
+
+def ladder_cells(profile: str, model: str, own: bool = False) -> list[RunConfig]:
+    """Finding 2's pair (SparseGPT BR+GP, BR+GP+CR, the verdict runs' evaluation) at each of the model's ladder
+    points, its first ladder_seeds seeds, cheapest point first; `own`: with the book's point (finding 2's runs)."""
+    g = grid(profile)
+    points = list(g.ladder.get(model, ()))
+    mine = base(profile, model)
+    if own:
+        points.append((mine.n_calib, mine.seq_len))
+    cells = [cell(profile, model, s, criterion="sparsegpt", recon=r, n_calib=n, seq_len=t, **g.evaluation)
+             for n, t in points for s in seeds(profile, model)[:g.ladder_seeds] for r in ("br+gp", "br+gp+cr")]
+    return sorted(cells, key=lambda c: (cost(c.replace(recon="br+gp+cr", seed=0)), c.seed))
 
 
 def dense_runs(profile: str) -> list[RunConfig]:
@@ -356,4 +382,8 @@ def label(kind: str, config: RunConfig) -> str:
     sweep = ", ".join(f"{k} {getattr(config, k)}" for k in ("epochs", "n_calib", "self_gen", "extra_real", "holdout"))
     sweep += ", early stop" if config.early_stop else ""
     sweep += f"; perplexity on {config.max_eval_windows} × {config.eval_len}" if config.eval_len else ""
+    sweep += f"; seq_len {config.seq_len}" if config.seq_len != base("cpu").seq_len else ""
+    sweep += f"; sparsity {config.sparsity}" if config.sparsity != "0.5" else ""
+    sweep += "; refit" if config.refit else ""
+    sweep += f"; {config.allocation}" if config.allocation != "uniform" else ""
     return f"{config.model} {config.criterion} {config.recon} seed {config.seed} ({sweep})"

@@ -75,6 +75,31 @@ def metric_vs(df: pd.DataFrame, x: str, metrics: list[str]):
     return _done(grid)
 
 
+def ladder(changes: pd.DataFrame, book: int, paper: int):
+    """CR's paired change (% of BR+GP's value, 95% CI) per part against calibration tokens (log), a panel per
+    model; dotted lines at the book's volume and the paper's."""
+    models = list(dict.fromkeys(changes.model)) or ["no runs yet"]
+    fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 3.2), squeeze=False, sharey=False)
+    for ax, model in zip(axes[0], models):
+        d = changes[(changes.model == model) & (changes.n >= 2)]
+        for k, (part, p) in enumerate(d.groupby("part", sort=False)):
+            x = p.tokens * (1.04 ** (k - 2))  # parts side by side at each volume, so their bars do not overlap
+            ax.errorbar(x, p["change %"], yerr=[p["change %"] - p.lo, p.hi - p["change %"]], marker="o", ms=3,
+                        capsize=2, label=part)
+        for at, what in ((book, "book"), (paper, "paper")):
+            ax.axvline(at, color="grey", ls=":", lw=1)
+            ax.text(at, 1.0, what, transform=ax.get_xaxis_transform(), ha="center", va="bottom", fontsize=7)
+        ax.axhline(0, color="black", lw=0.6)
+        ax.set(xscale="log", xlim=(2e3, 4e5), xlabel="calibration tokens", title=model)
+    axes[0][0].set_ylabel("CR's change, % of BR+GP")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="lower center", ncol=min(5, len(labels)), fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    plt.close(fig)  # glued into the page: an open one would show a second time
+    return fig
+
+
 def unit_curves(curves: pd.DataFrame, title: str = ""):
     """One run's units (`stopping.curves`): error on the trained and on the held-out windows against the epoch,
     each unit relative to its own error before training, coloured by depth; a dot where each unit's held-out

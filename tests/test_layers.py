@@ -5,9 +5,10 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).parents[1] / "reconlib"
 LAYERS = [
-    {"arch", "atomic", "config", "criteria", "evaluate", "memory", "models", "paper", "sparsegpt", "stats"},
-    {"checkpoints", "data", "lazy", "selfgen", "streams", "zeroshot"},
-    {"provenance", "training"},
+    {"arch", "atomic", "config", "criteria", "evaluate", "memory", "models", "paper", "refit", "sparsegpt", "stats"},
+    {"admm", "data", "moe", "selfgen", "streams", "zeroshot"},
+    {"guard", "lazy", "owl", "provenance", "training"},
+    {"checkpoints"},
     {"reconstruct"},
     {"pipeline"},
     {"records"},
@@ -15,11 +16,13 @@ LAYERS = [
     {"findings"},
     {"stopping"},
     {"verify"},
+    {"robust"},
     {"parallel", "plots", "report"},
     {"__init__", "__main__"},
 ]
 UPWARD = {
     ("config", "data"): "validating a config reads whether a local corpus exists, and its digest for the key",
+    ("arch", "moe"): "a block's matrices include each fused expert's, which moe.py finds and views",
     ("records", "verify"): "a record recomputed to save its model is judged against the stored one before it is dropped",
 }
 

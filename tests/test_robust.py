@@ -158,3 +158,44 @@ def test_a_checkpoint_of_other_code_or_kernels_is_not_resumed(tmp_path, monkeypa
     torch = pytest.importorskip("torch")
     torch.save({"writer": {**checkpoints.writer(), "source_digest": "another version"}, "t": 3}, folder / "state.pt")
     assert checkpoints.resume(folder, state=None) == (0, 0.0) and not folder.exists()
+
+
+def test_the_ladder_reads_each_volume_as_finding_2_does_and_says_when_cr_stops_overfitting():
+    rows = []
+    # SmolLM2's points: CR raises the test error at the book's volume and below, not above
+    for (n, t), rise in {(16, 128): 2.0, (64, 128): 1.0, (256, 128): -0.5, (64, 512): -0.6, (256, 256): -1.0}.items():
+        for s in range(3):
+            for recon in ("br+gp", "br+gp+cr"):
+                cr = recon == "br+gp+cr"
+                rows.append({"model": "smollm2-135m", "seed": s, "recon": recon, "n_calib": n, "seq_len": t,
+                             "final_error": 10.0 - 2 * cr + 0.01 * s, "test_error_wikitext2": 20 + cr * (rise + 0.01 * s),
+                             "test_error_ptb": 30 + cr * (rise + 0.02 * s), "ppl_wikitext2": 40 + cr * (rise + 0.01 * s),
+                             "ppl_ptb": 50 + cr * (rise + 0.03 * s)})
+    df = pd.DataFrame(rows).assign(tokens=lambda d: d.n_calib * d.seq_len)
+    changes = findings.ladder_changes(df)
+    book = changes[(changes.point == "64 × 128") & (changes.part == "WikiText-2 test error")].iloc[0]
+    assert book["change %"] == pytest.approx(100 * 1.01 / 20, rel=1e-3) and book.move == "↑" and book.n == 3
+    regimes = findings.ladder_regimes("cpu", df)
+    smol = regimes[regimes.model == "smollm2-135m"].set_index("point")
+    assert list(smol.index) == ["16 × 128", "64 × 128", "256 × 128", "64 × 512", "256 × 256"]  # by tokens
+    assert smol.loc["64 × 128", "matches"].startswith("LLaMA-7B") and smol.loc["256 × 256", "matches"].startswith("OPT")
+    assert (regimes[regimes.model == "gemma3-270m"].matches == stats.NONE).all()  # no runs: said so
+    answer = findings.ladder_answer(regimes)
+    assert "smollm2-135m: CR stops raising the test error from 256 × 128 on" in answer
+    assert "gemma3-270m: not measured yet" in answer
+    from reconlib import plots
+    assert plots.ladder(changes.assign(model="smollm2-135m"), 8192, 262144).axes
+
+
+def test_the_ladder_is_a_grid_group_of_its_own_priced_cheapest_first():
+    from reconlib import grid
+
+    cells = grid.ladder_cells("cpu", "smollm2-135m")
+    assert len(cells) == 4 * 3 * 2 and {c.recon for c in cells} == {"br+gp", "br+gp+cr"}
+    costs = [grid.cost(c.replace(recon="br+gp+cr", seed=0)) for c in cells]
+    assert costs == sorted(costs) and all(c.eval_len == 512 and c.max_eval_windows == 80 for c in cells)
+    book = {c.key() for c in grid.overfitting_cells("cpu", "smollm2-135m") if c.seed < 3}
+    assert book == {c.key() for c in grid.ladder_cells("cpu", "smollm2-135m", own=True)} - {c.key() for c in cells}
+    keys = [c.key() for c in grid.runs("cpu")]
+    assert {c.key() for c in cells} <= set(keys) and keys.index(cells[0].key()) > keys.index(
+        grid.early_stop_cells("cpu", "smollm2-135m")[0].key())  # after the findings' runs
