@@ -174,8 +174,9 @@ def main(argv=None) -> int:
         p.set_defaults(func=cmd_report)
         if name == "records":
             p.add_argument("action", nargs="?", choices=("table", "verify", "audit"), default="table",
-                           help="verify: check every record's digest and recompute the --sample cheapest here, "
-                                "judged bit-tight on the machine that wrote them and against a measured band "
+                           help="verify: check that every record is readable and its digest matches (listing each "
+                                "damaged file), and recompute the --sample cheapest here at the thread count that wrote "
+                                "them, judged bit-tight on the machine that wrote them and against a measured band "
                                 "elsewhere; audit: the same for the cheapest record of each code version in the store")
             p.add_argument("--sample", type=int, default=2)
 
