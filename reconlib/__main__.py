@@ -154,7 +154,8 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="auto", help="auto = cuda when available")
     p.set_defaults(func=cmd_zeroshot)
 
-    p = sub.add_parser("grid", help="compute every missing record of the book's grid (resumable)")
+    p = sub.add_parser("grid", help="compute every missing record of the book's grid (resumable; grids sharing a "
+                                    "store compute each run once between them)")
     p.add_argument("--profile", default="cpu")
     p.add_argument("--workers", type=int, default=1, help="runs side by side, one thread each")
     p.add_argument("--dry-run", action="store_true", help="list the missing runs, compute nothing")
