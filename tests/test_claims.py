@@ -82,7 +82,7 @@ def test_a_claim_left_by_a_killed_grid_blocks_no_later_grid(tmp_path, monkeypatc
     killed.send_signal(signal.SIGKILL)
     killed.wait()
     [left] = held.glob("*.claim")  # SIGKILL runs no clean-up: its claim stays behind
-    assert records.all_records() == [] or left.stem not in {r["key"] for r in records.all_records()}
+    assert left.stem not in {r["key"] for r in records.all_records()}  # (which reads the store past the claim)
 
     done = parallel.compute("smoke", workers=1, progress=False)
     assert left.stem in {c.key() for _, c, _ in done} and grid.missing("smoke") == []
