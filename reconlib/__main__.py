@@ -174,7 +174,8 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="auto", help="auto = cuda when available")
     p.set_defaults(func=cmd_zeroshot)
 
-    p = sub.add_parser("grid", help="compute every missing record of the book's grid (resumable)")
+    p = sub.add_parser("grid", help="compute every missing record of the book's grid (resumable; grids sharing a "
+                                    "store compute each run once between them)")
     p.add_argument("--profile", default="cpu")
     p.add_argument("--workers", type=int, default=1, help="runs side by side, one thread each")
     p.add_argument("--dry-run", action="store_true", help="list the missing runs, compute nothing")
@@ -194,8 +195,9 @@ def main(argv=None) -> int:
         p.set_defaults(func=cmd_report)
         if name == "records":
             p.add_argument("action", nargs="?", choices=("table", "verify", "audit", "band"), default="table",
-                           help="verify: check every record's digest and recompute the --sample cheapest here, "
-                                "judged bit-tight on the machine that wrote them and against a measured band "
+                           help="verify: check that every record is readable and its digest matches (listing each "
+                                "damaged file), and recompute the --sample cheapest here at the thread count that wrote "
+                                "them, judged bit-tight on the machine that wrote them and against a measured band "
                                 "elsewhere; audit: the same for the cheapest record of each code version in the store; "
                                 "band: the --sample cheapest cross-block runs of finding 2 per model under each kernel "
                                 "variant, the spread robust.py sets a verdict's flip against (hours: a run a variant)")

@@ -7,7 +7,6 @@ once and recorded at once (records.run); a killed grid resumes at the next unrec
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -149,7 +148,7 @@ def hours(todo: list[RunConfig]) -> float:
     done = [r for r in records.all_records() if r.get("config")]
     if not done:  # a reader's empty results folder: the rates of the book's store, where it is
         book = Path(__file__).resolve().parents[1] / "book" / "records"
-        done = [json.loads(f.read_text()) for f in sorted(book.glob("*.json")) if not f.name.startswith("dense-")]
+        done = list(records.read_all(f for f in sorted(book.glob("*.json")) if not f.name.startswith("dense-")).values())
     rates = {}
     for r in done:
         rates.setdefault(r["config"]["model"], []).append(r["seconds"]["total"] / cost(from_dict(r["config"])))

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import time
+from itertools import islice
 
-from . import grid
+from . import claims, grid
 
 
 def _work(item):
@@ -42,16 +43,22 @@ def _pool(todo: list, workers: int):
         yield from map(_work, todo)
         return
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                              initializer=_die_with, initargs=(os.getpid(),)) as pool:
-        futures = [pool.submit(_work, item) for item in todo]
+        # `workers` runs in flight, the next one drawn from `todo` as one ends: drawing a run claims it (compute),
+        # so a run is claimed as it starts, not all of them at once, and another grid shares the rest
+        items = iter(todo)
+        running = {pool.submit(_work, item) for item in islice(items, workers)}
         try:
-            for f in as_completed(futures):
-                yield f.result()
+            while running:
+                ended, running = wait(running, return_when=FIRST_COMPLETED)
+                for f in ended:
+                    yield f.result()
+                    running |= {pool.submit(_work, item) for item in islice(items, 1)}
         finally:
-            for f in futures:
+            for f in running:
                 f.cancel()
 
 
@@ -78,7 +85,9 @@ def compute(profile: str, workers: int = 1, progress: bool = True, executor: str
             address: str | None = None) -> list:
     """Compute every missing record of the grid, `workers` runs side by side with one thread each (a process
     pool, or Ray with `executor="ray"`); the driver writes each record the moment its run ends, so a killed
-    grid loses only the runs in flight (and a long one resumes at its checkpoint)."""
+    grid loses only the runs in flight (and a long one resumes at its checkpoint). Each run is claimed before it
+    starts (claims.py), so grids sharing the store compute each run once between them; Ray's driver claims its
+    runs as it submits them, all at once. → (kind, config, seconds) of the runs this process computed."""
     from tqdm.auto import tqdm
 
     from . import records
@@ -89,13 +98,36 @@ def compute(profile: str, workers: int = 1, progress: bool = True, executor: str
         return done
     bar = tqdm(total=sum(grid.cost(c) for _, c in todo), desc=f"grid {profile}: {len(todo)} runs", unit="cost",
                disable=not progress, bar_format="{desc} {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}] {postfix}")
-    results = _ray(todo, workers, address) if executor == "ray" else _pool(todo, workers)
-    try:
-        for kind, config, record, seconds in results:
-            records.write(records.dense_path(config) if kind == "dense" else records.path(config), record)
-            done.append((kind, config, seconds))
-            bar.update(grid.cost(config))
-            bar.set_postfix_str(f"{len(done)}/{len(todo)} done, last: {grid.label(kind, config)} {seconds:.0f} s")
-    finally:
-        bar.close()
+    with claims.Claims(records.results_dir()) as held:
+        mine = _claimed(todo, held)
+        results = _ray(mine, workers, address) if executor == "ray" else _pool(mine, workers)
+        try:
+            for kind, config, record, seconds in results:
+                file = _record_file(kind, config)
+                records.write(file, record)
+                held.release(file.stem)  # after the write: whoever claims it next finds the record
+                done.append((kind, config, seconds))
+                bar.update(grid.cost(config))
+                bar.set_postfix_str(f"{len(done)}/{len(todo)} done, last: {grid.label(kind, config)} {seconds:.0f} s")
+        finally:
+            bar.close()
     return done
+
+
+def _record_file(kind: str, config):
+    from . import records
+
+    return records.dense_path(config) if kind == "dense" else records.path(config)
+
+
+def _claimed(todo: list, held: claims.Claims):
+    """The runs of `todo` that this process claims, one as each is drawn: a run another grid holds, or has
+    recorded since `todo` was listed, is skipped (claims.py)."""
+    for kind, config in todo:
+        file = _record_file(kind, config)
+        if not held.take(file.stem):
+            continue
+        if file.is_file():  # recorded by another grid after this one listed it
+            held.release(file.stem)
+            continue
+        yield kind, config

@@ -14,7 +14,7 @@ from pathlib import Path
 from . import atomic, models, pipeline
 from .config import RunConfig
 from .pipeline import dense_config
-from .provenance import seal, unsealed  # noqa: F401 (the store's integrity check, where readers look for it)
+from .provenance import seal, unsealed  # noqa: F401 (seal: the store's integrity check, where readers look for it)
 
 
 def results_dir() -> Path:
@@ -35,8 +35,51 @@ def write(file: Path, record: dict) -> None:
     atomic.write(file, lambda part: Path(part).write_text(json.dumps(record, indent=1, sort_keys=True)))
 
 
+class DamagedRecord(ValueError):
+    """A record file that cannot be read or trusted. Its message is one line per file: the file, what is wrong,
+    and the way out (a record is recomputed from its config, or restored from git where it is committed)."""
+
+
 def read(file: Path) -> dict | None:
-    return json.loads(file.read_text()) if file.is_file() else None
+    """The record in `file`, or None where there is none; a damaged one raises DamagedRecord, never a bare
+    JSON error: not valid JSON (cut short, git conflict markers) or a digest that no longer matches."""
+    if not file.is_file():
+        return None
+    text = file.read_text(errors="replace")
+    try:
+        record = json.loads(text)
+    except ValueError as e:
+        raise DamagedRecord(_damage(file, text, e)) from None
+    if not isinstance(record, dict):
+        raise DamagedRecord(f"record {file.name} is not a record (a JSON object): {_fix(file)}")
+    if "digest" in record and unsealed(record):
+        raise DamagedRecord(f"record {file.name} was changed after it was written (its digest no longer matches): "
+                            f"{_fix(file)}")
+    return record
+
+
+def _damage(file: Path, text: str, error: ValueError) -> str:
+    if any(line.startswith(("<<<<<<< ", ">>>>>>> ")) for line in text.splitlines()):
+        return (f"record {file.name} holds git conflict markers: keep one side (git checkout --ours -- {file}, or "
+                f"--theirs), or delete it to recompute it")
+    return f"record {file.name} is not valid JSON ({error}; cut short, or edited by hand?): {_fix(file)}"
+
+
+def _fix(file: Path) -> str:
+    return f"delete it to recompute it, or restore it from git (git checkout -- {file})"
+
+
+def read_all(files) -> dict[Path, dict]:
+    """Every file's record; raises DamagedRecord with a line for each damaged one, not only the first."""
+    found, damaged = {}, []
+    for f in files:
+        try:
+            found[f] = read(f)
+        except DamagedRecord as e:
+            damaged.append(str(e))
+    if damaged:
+        raise DamagedRecord("\n".join(damaged))
+    return found
 
 
 def stored(config: RunConfig) -> dict | None:
@@ -71,8 +114,8 @@ def run(config: RunConfig, progress: bool = True, out: str | Path | None = None,
     if record is not None:
         from . import verify
 
-        # on other kernels the numbers differ by rounding, which `records verify` judges with its band
-        if verify.kernels(record) == verify.kernels(fresh) and (bad := verify.judge(record, fresh, None)["failures"]):
+        # on other kernels (or thread counts) the numbers differ by rounding, which `records verify` judges
+        if verify.same_kernels(record, fresh) and (bad := verify.judge(record, fresh, None)["failures"]):
             raise ValueError(f"record {file.name} does not reproduce on the machine that wrote it: " + "; ".join(bad[:5]))
         return record
     write(file, fresh)
@@ -100,5 +143,5 @@ def substituted(record: dict):
 def all_records(dense: bool = False) -> list[dict]:
     """Every finished pruning record in the results folder (`dense`: the dense models' records instead)."""
     folder = results_dir()
-    return [json.loads(f.read_text()) for f in sorted(folder.glob("*.json")) if f.name.startswith("dense-") == dense] \
-        if folder.is_dir() else []
+    files = [f for f in sorted(folder.glob("*.json")) if f.name.startswith("dense-") == dense] if folder.is_dir() else []
+    return list(read_all(files).values())

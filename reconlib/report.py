@@ -179,7 +179,8 @@ def verify_markdown(rows: list[dict]) -> str:
     flips = [r for r in rows if r["flipped"] is not None]
     switched = "".join(f", {k}={v}" for k, v in here["isa_variables"].items())
     return (f"Recomputed on {cpu(here)}{switched} ({here['blas'].split(' Version')[0]}, torch "
-            f"{provenance.environment()['versions']['torch']}, {here['threads']} threads) while the book was built: "
+            f"{provenance.environment()['versions']['torch']}, each record at the thread count that wrote it) while the book "
+            f"was built: "
             f"{len(rows)} record(s), and every record's digest checked. *same kernels*: the record names this CPU, "
             f"ISA, BLAS and versions, so every number must agree to a relative {verify.SAME_KERNELS:g}. *same numbers*: "
             f"the record names other kernels or none, and every number agrees to that tolerance all the same. *other kernels*: each "

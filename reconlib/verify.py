@@ -5,8 +5,8 @@ A recomputed record falls in one of three cases, and the report names which:
 
 1. **edited**: its digest no longer matches its content. Fails.
 2. **same kernels**: recomputed on a machine whose CPU, vector ISA, BLAS, oneDNN and library versions are the
-   record's: every number must agree to SAME_KERNELS (measured: such a machine reproduces a record bit for
-   bit). A record of other kernels (or older than its machine fingerprint) that agrees all the same is
+   record's, at the record's thread count (`at_threads`): every number must agree to SAME_KERNELS (measured: such
+   a machine reproduces a record bit for bit). A record of other kernels (or older than its machine fingerprint) that agrees all the same is
    **same numbers**.
 3. **other kernels**: any other difference is judged against a band measured here, on this very run. The
    record is computed again in subprocesses whose kernels take other code paths (`variants()`), and the
@@ -19,6 +19,7 @@ recomputed record replaces the stored one.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -54,6 +55,38 @@ def kernels(record: dict) -> dict | None:
     return {**{k: machine.get(k) for k in FINGERPRINT}, **record.get("versions", {})}
 
 
+def writers_threads(record: dict) -> int | None:
+    """The thread count that computed the record, or None for a record that does not say (recomputed at this
+    process's own, as before)."""
+    return record.get("machine", {}).get("threads")
+
+
+# A record is recomputed at the thread count that wrote it, rather than the count being one more thing that
+# makes kernels "other": a reduction split over 2 threads adds in another order than over 1 (Gemma 3's cross-block
+# records move 5-12% between them), and no variant below measures that, so a band could not cover it, while one
+# machine at the writer's count reproduces every bit. `make records` (1 thread a run) then verifies bit-tight
+# under `make book` at any count.
+@contextlib.contextmanager
+def at_threads(n: int | None):
+    """torch (and MKL, which it tells) at `n` threads within the block; None leaves the count alone."""
+    import torch
+
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def same_kernels(a: dict, b: dict) -> bool:
+    """Whether two records were computed by the same kernels, their thread counts too where both name one:
+    only then must every number agree bit for bit."""
+    threads = writers_threads(a), writers_threads(b)
+    return kernels(a) == kernels(b) and (None in threads or threads[0] == threads[1])
+
+
 def variants() -> list[dict]:
     """The environments of the band's recomputations: MKL's other code paths (where torch uses MKL) and torch's own
     kernels one ISA lower. A reader's CPU can differ from the writer's in either: an AVX2-only CPU took both
@@ -65,8 +98,9 @@ def variants() -> list[dict]:
     return mkl + ([{"ATEN_CPU_CAPABILITY": lower}] if lower else [])
 
 
-def recompute_under(config: dict, env: dict) -> dict:
-    """The record of `config` computed in a subprocess with `env` on top of this one's."""
+def recompute_under(config: dict, env: dict, threads: int | None = None) -> dict:
+    """The record of `config` computed in a subprocess with `env` on top of this one's (at `threads`, if given)."""
+    env = {**env, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
     with tempfile.TemporaryDirectory(prefix="reconlib-variant-") as tmp:
         out = Path(tmp) / "record.json"
         code = ("import json, sys; from reconlib import pipeline; from reconlib.config import from_dict; "
@@ -136,31 +170,30 @@ def changed(before: dict, after: dict) -> list[str]:
 def check(file: Path, stored: dict, profile: str, progress: bool = False) -> dict:
     """Recompute one stored record here and judge it (cases 2 and 3, and the verdicts that read it)."""
     started = time.perf_counter()
-    fresh = pipeline.compute(from_dict(stored["config"]), progress=progress, resumable=False)
+    threads = writers_threads(stored)
+    with at_threads(threads):
+        fresh = pipeline.compute(from_dict(stored["config"]), progress=progress, resumable=False)
     here = provenance.environment()
     row = judge(stored, fresh)
     envs = []
     if kernels(stored) != kernels(here) and row["failures"]:
         envs = variants()
-        row = judge(stored, fresh, [recompute_under(stored["config"], env) for env in envs])
+        row = judge(stored, fresh, [recompute_under(stored["config"], env, threads) for env in envs])
     elif kernels(stored) != kernels(here):  # other or unnamed kernels, and yet every bit agrees: no band needed
         row["case"] = "same numbers"
     row |= {"record": file.name, "config": stored["config"], "seconds": time.perf_counter() - started,
             "stored_final_error": stored.get("final_error"), "final_error": fresh.get("final_error"),
             "stored_seconds": stored["seconds"]["total"],
-            "stored_machine": stored["machine"], "machine": here["machine"], "variants": envs,
+            "stored_machine": stored["machine"], "machine": fresh["machine"], "variants": envs,
             "source_digest": stored.get("source_digest"), "flipped": flipped_verdicts(fresh, profile)}
     return row
 
 
 def _load() -> dict[Path, dict]:
-    """Every record of the store, after refusing any whose digest no longer matches (case 1)."""
+    """Every pruning record of the store, after refusing the store if any file is damaged (case 1: edited, or
+    not valid JSON), with a line naming each one."""
     folder = records.results_dir()
-    stored = {f: json.loads(f.read_text()) for f in sorted(folder.glob("*.json"))} if folder.is_dir() else {}
-    edited = [f.name for f, r in stored.items() if "digest" in r and records.unsealed(r)]
-    if edited:
-        raise ValueError(f"record {edited[0]} was changed after it was written (its digest no longer matches); "
-                         f"{len(edited)} such record(s) in {folder}: recompute them (delete, then `make records`)")
+    stored = records.read_all(sorted(folder.glob("*.json"))) if folder.is_dir() else {}
     return {f: r for f, r in stored.items() if not f.name.startswith("dense-")}
 
 

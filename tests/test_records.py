@@ -121,3 +121,74 @@ def test_the_provenance_head_counts_the_dense_records_compute_too():
     assert head.startswith("1 pruning runs and 1 dense evaluations, 2.0 hours of compute in all")  # (1800+5400) s
     # and the machines by CPU model, counted (a record older than CPU names says so)
     assert "Machines: CPU not recorded (linux, 2 CPUs, GPU: none): 1 runs." in head
+
+
+# ------------------------------------------------------------------ damaged files (issue #37)
+def _sealed(config) -> dict:
+    return records.seal({"key": config.key(), "config": config.to_dict(), "block_error": [0.5, 0.25],
+                         "seconds": {"total": 1.0}})
+
+
+DAMAGE = {  # how a record gets damaged → (its text, words its line must hold besides the name and the fix)
+    "cut short": (lambda record: json.dumps(record, indent=1)[:60], "is not valid JSON"),
+    "git conflict": (lambda record: "<<<<<<< HEAD\n" + json.dumps(record, indent=1) + "\n=======\n"
+                     + json.dumps(record | {"digest": "theirs"}, indent=1) + "\n>>>>>>> other\n",
+                     "holds git conflict markers"),
+    "edited": (lambda record: json.dumps(record | {"block_error": [0.5, 0.2]}, indent=1),
+               "was changed after it was written"),
+}
+
+
+def _damaged_line(file, kind: str) -> str:
+    """The one line that names `file`, as `records.read` raises it, after checking what it says."""
+    with pytest.raises(records.DamagedRecord) as raised:
+        records.read(file)
+    line = str(raised.value)
+    assert "\n" not in line and f"record {file.name} " in line and DAMAGE[kind][1] in line
+    assert f"git checkout --ours -- {file}" in line if kind == "git conflict" else f"git checkout -- {file}" in line
+    assert "delete it to recompute it" in line
+    return line
+
+
+@pytest.mark.parametrize("kind", DAMAGE)
+def test_a_damaged_record_names_itself_in_prune_eval_and_the_books_tables(kind, capsys, monkeypatch):
+    """`prune`, `eval` and each step of `make tables` stop on the damaged record with its one line (not
+    `error: Expecting value: line 7 column 3`)."""
+    from reconlib import grid
+    from reconlib.__main__ import main
+    from reconlib.config import RunConfig, from_dict
+
+    damage = DAMAGE[kind][0]
+    pruned = RunConfig(model="tiny-llama")  # what `prune --model tiny-llama` reads
+    dense = from_dict({"model": "tiny-llama", "ppl": "wikitext2", "seq_len": 512, "max_eval_windows": 2, "device": "auto"})
+    read_first_by_the_book = records.dense_path(grid.dense_cell("smoke", full=True))  # the intro table's first row
+    for step in ("compute", "compute_dense"):
+        monkeypatch.setattr(pipeline, step, lambda *a, **k: pytest.fail("a damaged record was recomputed"))
+    for file, argv in [(records.path(pruned), ["prune", "--model", "tiny-llama"]),
+                       (records.dense_path(dense), ["eval", "--model", "tiny-llama", "--ppl", "wikitext2",
+                                                    "--max-windows", "2"]),
+                       (read_first_by_the_book, ["summary", "--profile", "smoke"]),
+                       (records.path(grid.cell("smoke", criterion="wanda", recon="lr")), ["records", "--profile", "smoke"]),
+                       (read_first_by_the_book, ["records", "verify", "--profile", "smoke"])]:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        file.write_text(damage(_sealed(pruned)))
+        line = _damaged_line(file, kind)
+        with pytest.raises(SystemExit) as ended:
+            main(argv)
+        assert ended.value.code == 2 and capsys.readouterr().err == f"error: {line}\n", argv
+        file.unlink()
+
+
+def test_verify_lists_every_damaged_file_of_the_store(capsys):
+    from reconlib.__main__ import main
+
+    lines = []
+    for seed, kind in enumerate(DAMAGE):
+        config = smoke(seed=seed)
+        records.path(config).parent.mkdir(parents=True, exist_ok=True)
+        records.path(config).write_text(DAMAGE[kind][0](_sealed(config)))
+        lines.append(_damaged_line(records.path(config), kind))
+    records.write(records.path(smoke(seed=9)), _sealed(smoke(seed=9)))  # a sound record: not listed
+    with pytest.raises(SystemExit):
+        main(["records", "verify", "--profile", "smoke", "--sample", "0"])
+    assert sorted(capsys.readouterr().err.removeprefix("error: ").splitlines()) == sorted(lines)

@@ -122,3 +122,42 @@ def test_a_killed_audit_resumes_at_the_row_it_stopped_in(monkeypatch, tmp_path):
     records.write(records.path(older), records.seal(body | {"source_digest": "a third version"}))
     monkeypatch.setattr(verify, "check", interrupt_after(check, 3, calls))
     assert "a third version" in {r["source_digest"] for r in verify.audit(profile="smoke")} and len(calls) == 3
+
+
+@pytest.fixture
+def two_threads():
+    """This process at two threads (`make book`'s default on a 2-core machine), whatever OMP_NUM_THREADS says."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_a_record_is_recomputed_at_the_thread_count_that_wrote_it(two_threads):
+    """`make records` writes at one thread a run, `make book` verifies at the machine's count (issue #37): the
+    record reproduces bit for bit, and a number edited by a rounding's worth (digest renewed) still fails."""
+    config = CONFIG.replace(criterion="sparsegpt", recon="br")  # its solver's sums depend on the thread count
+    one = verify.recompute_under(config.to_dict(), {"OMP_NUM_THREADS": "1"})
+    assert one["machine"]["threads"] == 1 and torch.get_num_threads() == 2
+    here = pipeline.compute(config, progress=False, resumable=False)
+    assert verify.judge(one, here)["failures"], "two threads gave the same bits as one: this test tests nothing"
+    records.write(records.path(config), one)
+    [row] = verify.verify(sample=1, profile="smoke")
+    assert row["case"] == "same kernels" and row["failures"] == [] and row["worst"] == 0.0
+    assert row["machine"]["threads"] == 1 and torch.get_num_threads() == 2  # and this process's count is restored
+
+    body = {k: v for k, v in one.items() if k != "digest"}
+    body["block_error"][1] *= 1 + 1e-7
+    records.write(records.path(config), records.seal(body))
+    name = records.path(config).name
+    with pytest.raises(ValueError, match=rf"record {name} does not reproduce \(same kernels\): block_error\[1\]"):
+        verify.verify(sample=1, profile="smoke")
+
+
+def test_a_record_that_names_no_thread_count_is_recomputed_at_this_processs():
+    assert verify.writers_threads({"machine": {"cpus": 2}}) is None
+    before = torch.get_num_threads()
+    with verify.at_threads(None):
+        assert torch.get_num_threads() == before
+    a, b = {"machine": {"cpu_capability": "X"}}, {"machine": {"cpu_capability": "X", "threads": 4}}
+    assert verify.same_kernels(a, b) and not verify.same_kernels(b, {"machine": {"cpu_capability": "X", "threads": 1}})
