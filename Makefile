@@ -120,7 +120,7 @@ execute: $(STAMP_BOOK)
 	    --cwd notebooks --kernel $(KERNEL) || exit 1; \
 	done
 
-# (b) the tables that the intro, cost, provenance and reproducibility pages {include}, generated from the
+# (b) the tables that the intro, evidence, cost, provenance and reproducibility pages {include}, generated from the
 # run records; `records verify` recomputes the $(VERIFY) cheapest records here and fails on a disagreement
 # (bit-tight on the machine that wrote them, within a band it measures elsewhere: reconlib/verify.py)
 tables: $(STAMP_BOOK)
@@ -128,6 +128,7 @@ tables: $(STAMP_BOOK)
 	RECONLIB_COMPUTE=$(COMPUTE) $(BIN)/python -m reconlib summary --profile $(PROFILE) --out $(EXECUTED)/summary.md
 	RECONLIB_COMPUTE=$(COMPUTE) $(BIN)/python -m reconlib cost --profile $(PROFILE) --out $(EXECUTED)/cost.md
 	$(BIN)/python -m reconlib rule --profile $(PROFILE) --out $(EXECUTED)/rule.md
+	RECONLIB_COMPUTE=$(COMPUTE) $(BIN)/python -m reconlib robust --profile $(PROFILE) --out $(EXECUTED)/robust.md
 	$(BIN)/python -m reconlib records --profile $(PROFILE) --out $(EXECUTED)/records.md
 	RECONLIB_COMPUTE=0 $(BIN)/python -m reconlib records verify --sample $(VERIFY) --profile $(PROFILE) --out $(EXECUTED)/verify.md
 

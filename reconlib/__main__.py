@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -112,14 +111,8 @@ def cmd_report(args) -> dict:
         return {"checked": len(rows), "failed": [r["record"] for r in rows if r["failures"] or r["flipped"]],
                 "cases": sorted({r["case"] for r in rows}), "largest_relative_difference": max(
                     (r["worst"] for r in rows), default=0.0)}
-    if args.command == "summary":  # one pass of the robustness checks for both pages
-        rows = report.assessed(args.profile)
-        _write(report.summary_markdown(args.profile, rows), args.out)
-        if args.out:
-            _write(report.robust_markdown(args.profile, rows), os.path.join(os.path.dirname(args.out), "robust.md"))
-        return {}
     text = {"summary": report.summary_markdown, "cost": report.cost_markdown, "rule": report.rule_markdown,
-            "records": lambda profile: report.records_markdown()}[args.command](args.profile)
+            "records": lambda profile: report.records_markdown(), "robust": report.robust_markdown}[args.command](args.profile)
     _write(text, args.out)
     return {}
 
@@ -187,6 +180,7 @@ def main(argv=None) -> int:
     tables = {"summary": "markdown: every finding's verdict per model with its deciding numbers, and the intro table",
               "cost": "markdown: minutes and peak memory of pruning per model and scheme (the paper's Table 6)",
               "rule": "markdown: the verdict rule and its simulated false-positive rate and power",
+              "robust": "markdown: each verdict's four robustness checks, the window shares and the evaluation's cost",
               "records": "markdown: the store's records and what wrote them; `verify` / `audit` recompute some here"}
     for name, text in tables.items():
         p = sub.add_parser(name, help=text)
