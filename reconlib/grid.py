@@ -38,6 +38,7 @@ class Grid:
     # on each model's first ladder_seeds seeds, everything else the book's (epochs, lr, batch, evaluation)
     ladder: dict = field(default_factory=dict)
     ladder_seeds: int = 3
+    baselines: bool = False  # the exact-LR, ADMM and OWL rows (baseline_cells)
 
 
 GRIDS = {
@@ -58,7 +59,7 @@ GRIDS = {
                 # the two cheapest new points. `hours` prices these at 15.6 CPU-hours, inside the 16 the ladder may
                 # spend; 256 × 512 (half the paper's tokens) would add 10.1 for its 3 seeds, so it is left out
                 ladder={"smollm2-135m": ((16, 128), (256, 128), (64, 512), (256, 256)),
-                        "gemma3-270m": ((16, 128), (256, 128))},
+                        "gemma3-270m": ((16, 128), (256, 128))}, baselines=True,
                 # 16 windows × 8 epochs: the book's 64 Adam steps a unit on a quarter of its windows, where the
                 # calibration error falls 3.7× from 2 epochs and the test error does not; 4 windows overfit far
                 # more (the sweep of 4–16 windows × 8–32 epochs, on the page) but leave too little to reconstruct
@@ -306,12 +307,12 @@ def runs(profile: str) -> list[RunConfig]:
 
 
 def baseline_cells(profile: str) -> dict[str, list[RunConfig]]:
-    """Issue 39's rows, a group of their own (not yet in `runs`): "exact lr", finding 1's LR with each criterion's
+    """Issue 39's rows, a group of their own (queued after finding 4's; none where the grid has no baselines): "exact lr", finding 1's LR with each criterion's
     survivors refit by least squares plus ADMM, on finding 1's seeds of every model; "owl", the 70% block
     {uniform, owl} × {LR, BR+GP} × {Wanda, SparseGPT} on the model's fewer seeds where it has them (5 SmolLM2, 3
     Gemma 3)."""
     exact, allocation = [], []
-    for model in grid(profile).models:
+    for model in grid(profile).models if grid(profile).baselines else ():
         exact += [cell(profile, model, s, criterion=c, recon="lr", refit=True) for c in CRITERIA
                   for s in seeds(profile, model)]
         exact += [cell(profile, model, s, criterion="admm", recon="lr") for s in seeds(profile, model)]

@@ -56,6 +56,8 @@ def final_error_bars(df: pd.DataFrame):
 
 def paired_change(df: pd.DataFrame, key: str, before, after, metrics: list[str]):
     """Each seed's move from `before` to `after` of `key`, one line per seed, a panel per model and metric."""
+    if not df[key].isin([before, after]).any():
+        return empty("no runs in the store yet: `make records` computes them")
     d = _long(df[df[key].isin([before, after])], ["model", "seed", key], metrics)
     d[key] = d[key].map({before: str(before), after: str(after)} if key != "recon" else LABELS)
     grid = sns.relplot(d, x=key, y="value", units="seed", estimator=None, row="model", col="metric", kind="line",

@@ -81,7 +81,6 @@ def intro_table(profile: str) -> pd.DataFrame:
 
 
 def summary_markdown(profile: str = "cpu", rows: list[dict] | None = None) -> str:
-    rows = assessed(profile) if rows is None else rows
     base = grid.base(profile)
     models = ", ".join(f"{m} ({len(s)} seed{'s' * (len(s) > 1)})" for m, s in grid.grid(profile).models.items())
     lrs = ", ".join(f"{grid.lr(profile, m):g} ({m})" for m in grid.grid(profile).models)
@@ -100,6 +99,7 @@ def summary_markdown(profile: str = "cpu", rows: list[dict] | None = None) -> st
     intro = (f"\n\nPerplexity on the whole test sets ({base.seq_len}-token windows) and mean zero-shot accuracy "
              f"(%, {grid.grid(profile).zeroshot_limit or 'all'} items a task) of {model}, seed "
              f"{grid.seeds(profile, model)[0]}:\n\n" + intro_table(profile).round(2).to_markdown(index=False))
+    rows = assessed(profile) if rows is None else rows  # after the intro's records: a damaged one stops it first
     return head + verdicts(profile, rows).to_markdown(index=False) + "\n\n" + together(rows) + rule + intro + "\n"
 
 

@@ -199,3 +199,30 @@ def test_the_ladder_is_a_grid_group_of_its_own_priced_cheapest_first():
     keys = [c.key() for c in grid.runs("cpu")]
     assert {c.key() for c in cells} <= set(keys) and keys.index(cells[0].key()) > keys.index(
         grid.early_stop_cells("cpu", "smollm2-135m")[0].key())  # after the findings' runs
+
+
+def test_cuts_against_the_exact_lr_and_owls_gain_read_pairs_by_seed():
+    rows = []
+    for s in range(3):
+        for c in ("magnitude", "wanda", "sparsegpt"):
+            for r, e in (("lr", 100.0), ("exact lr", 60.0), ("br", 40.0), ("br+gp", 30.0), ("br+gp+cr", 20.0 + s)):
+                rows.append({"model": "m", "seed": s, "criterion": c, "recon": r, "final_error": e})
+    v = findings.cuts(pd.DataFrame(rows))
+    t = v["table"].set_index(["criterion", "scheme"])
+    # BR+GP+CR against the exact LR: (20 + s − 60) / 60, against the paper's LR: (20 + s − 100) / 100
+    assert t.loc[("sparsegpt", "BR+GP+CR"), "cut vs exact LR %"].startswith(f"{100 * (21 - 60) / 60:+.3g}")
+    assert t.loc[("sparsegpt", "BR+GP+CR"), "cut vs LR %"].startswith(f"{100 * (21 - 100) / 100:+.3g}")
+    assert v["verdict"] == stats.HOLDS and "SparseGPT's final error by -65" in findings.exact_answer("m", v)
+
+    rows = []
+    for s in range(4):
+        for c in ("wanda", "sparsegpt"):
+            for r, gain in (("lr", 10.0), ("br+gp", 2.0)):  # OWL helps less after reconstruction
+                for a in ("uniform", "owl"):
+                    ppl = 50.0 + s - gain * (a == "owl") + 0.1 * s * (a == "owl")
+                    rows.append({"model": "m", "seed": s, "criterion": c, "recon": r, "allocation": a,
+                                 "ppl_wikitext2": ppl, "final_error": ppl})
+    g = findings.owl_gain(pd.DataFrame(rows))
+    assert g["verdict"] == stats.HOLDS
+    shrink = g["shrink"]["sparsegpt: OWL's perplexity gain, LR minus BR+GP"]
+    assert shrink.changes == pytest.approx([8.0] * 4) and shrink.test.mean == pytest.approx(8.0)
