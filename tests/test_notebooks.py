@@ -64,7 +64,7 @@ INJECT = {"model": "tiny-opt", "criterion": "wanda", "sparsity": "2:4", "recon":
           "seq_len": 16, "self_gen": 2, "extra_real": 2, "epochs": 3, "lr": 5e-4, "batch_size": 1, "seed": 3,
           "ppl": ("wikitext2",), "test_error": ("ptb",), "n_test": 1, "max_eval_windows": 1, "zeroshot": ("rte",),
           "zeroshot_limit": 3, "device": "cpu", "dtype": "float32", "sequential": True, "holdout": 2, "early_stop": True,
-          "eval_len": 64, "refit": True, "admm_iters": 6, "admm_prune_iters": 3, "admm_rho": 0.5, "allocation": "owl",
+          "eval_len": 64, "refit": True, "admm_iters": 30, "admm_prune_iters": 3, "admm_rho": 0.5, "allocation": "owl",
           "owl_m": 3.0, "owl_lambda": 0.05}
 
 
