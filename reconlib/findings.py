@@ -395,6 +395,8 @@ def regime(v: dict, metrics: list[str]) -> dict:
     table = pd.DataFrame(rows)
     matches = [label for label, col in (("LLaMA-7B (overfits)", "LLaMA-7B"), ("OPT-125M (does not)", "OPT-125M"))
                if all(o == p for o, p in zip(table.ours, table[col]) if p != "—")]
+    if all(part.test.n < 2 for part in v["tests"].values()):
+        return {"regime": table, "matches": stats.NONE}
     return {"regime": table, "matches": matches[0] if len(matches) == 1 else
             "both (the parts that differ are not reported by the paper)" if matches else "neither"}
 

@@ -249,8 +249,8 @@ def robust_markdown(profile: str = "cpu", rows: list[dict] | None = None) -> str
             f"variance over seeds divided by n. The evaluation is sized so that deciding parts stay under "
             f"{100 * robust.SHARE:.0f}% (grid.py).\n\n"
             + (pd.DataFrame(shares).to_markdown(index=False) if shares else "No part has evaluation windows yet.")
-            + "\n\n" + cost + "\n\n**Pairs that mix code versions or CPU models**: "
-            + (pd.DataFrame(mixed).fillna("").to_markdown(index=False) if mixed else "none.") + "\n")
+            + "\n\n" + cost + "\n\n**Pairs that mix code versions or CPU models**"
+            + (":\n\n" + pd.DataFrame(mixed).fillna("").to_markdown(index=False) if mixed else ": none.") + "\n")
 
 
 def evaluation_cost(profile: str) -> str:

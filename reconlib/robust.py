@@ -199,6 +199,8 @@ def band(model: str) -> float | None:
 def assess(df: pd.DataFrame, verdict, key: str, model: str, draws: int = DRAWS) -> dict:
     """The four checks of one verdict → {robust, reasons (in words, empty when robust), and each check's numbers}."""
     v = verdict(df)
+    if v["verdict"] == stats.NONE:  # no runs: nothing to check
+        return {"finding": v["finding"], "verdict": v["verdict"], "robust": False, "reasons": [stats.NONE]}
     out = {"finding": v["finding"], "verdict": v["verdict"], "exact": exact(v), "loo": leave_one_out(df, verdict),
            "windows": window_draws(df, verdict, draws), "shift": flip_shift(df, verdict, key), "band": band(model)}
     reasons = []
@@ -221,7 +223,7 @@ def assess(df: pd.DataFrame, verdict, key: str, model: str, draws: int = DRAWS) 
 
 def word(a: dict) -> str:
     """robust, or fragile with its reasons."""
-    return "robust" if a["robust"] else "fragile: " + "; ".join(a["reasons"])
+    return "robust" if a["robust"] else stats.NONE if a["reasons"] == [stats.NONE] else "fragile: " + "; ".join(a["reasons"])
 
 
 def primary_holm(verdicts: list[dict]) -> list[dict]:
