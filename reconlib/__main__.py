@@ -131,9 +131,10 @@ def cmd_grid(args) -> dict:
         by = {name: [c for kind, c in todo if (kind == "dense" and name == first) or (kind == "run" and c.key() in keys)]
               for name, keys in groups.items()}
         by["finding 4"] = [c for kind, c in todo if kind != "dense" and not any(c.key() in k for k in groups.values())]
+        hours = {k: grid.hours(v) for k, v in by.items()}  # each call reads the store: once a group, not again for all
         return {"missing": len(todo), "missing_by_finding": {k: len(v) for k, v in by.items()},
-                "cpu_hours_by_finding": {k: round(grid.hours(v), 1) for k, v in by.items()},
-                "cpu_hours": round(grid.hours([c for _, c in todo]), 1),
+                "cpu_hours_by_finding": {k: round(h, 1) for k, h in hours.items()},
+                "cpu_hours": round(sum(hours.values()), 1),
                 "runs": [grid.label(kind, c) for kind, c in todo]}
     done = parallel.compute(args.profile, workers=args.workers, executor=args.executor, address=args.address)
     return {"computed": len(done), "seconds": sum(s for _, _, s in done)}

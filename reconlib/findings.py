@@ -107,11 +107,16 @@ def deciding(v: dict) -> str:
 
 
 # ------------------------------------------------------------------ runs → rows
-def ppl(record: dict, corpus: str, windows: int) -> float:
-    """Perplexity over the first `windows` windows of a record evaluated on the whole test set (so that it reads
-    as the profile's other runs), else over all it evaluated, from the per-window mean NLLs."""
+def nll_windows(record: dict, corpus: str, windows: int) -> list[float]:
+    """The per-window mean NLLs a row reads: the first `windows` of a record evaluated on the whole test set (so
+    that it reads as the profile's other runs), else all it evaluated."""
     nll = record["ppl_windows"][corpus]
-    nll = nll[:windows] if windows and not record["config"]["max_eval_windows"] else nll
+    return nll[:windows] if windows and not record["config"]["max_eval_windows"] else nll
+
+
+def ppl(record: dict, corpus: str, windows: int) -> float:
+    """Perplexity over the windows `nll_windows` reads."""
+    nll = nll_windows(record, corpus, windows)
     return math.exp(sum(nll) / len(nll))
 
 
@@ -139,8 +144,7 @@ def row(record: dict, subset: int) -> dict:
     out["cpu"] = record.get("machine", {}).get("cpu_model") or UNNAMED  # a pair's arms may differ in it
     out["source"] = record.get("source_digest")
     # the per-window values the evaluation metrics are means of, for the bootstrap over windows (robust.py)
-    out["windows"] = {f"ppl_{k}": v[:subset] if subset and not c["max_eval_windows"] else v
-                      for k, v in record["ppl_windows"].items()} | \
+    out["windows"] = {f"ppl_{k}": nll_windows(record, k, subset) for k in record["ppl_windows"]} | \
         {f"test_error_{k}": v for k, v in record.get("test_error_windows", {}).items()}
     return out
 

@@ -63,11 +63,12 @@ def compute_dense(config: RunConfig) -> dict:
     loaded = time.perf_counter() - started
     bos = _bos(model, tokenizer, config)
     ppl, nll, zs, seconds = _evaluate(model, tokenizer, config, bos, config.placement[0])
+    # the later protocol's: the scale that makes a block error comparable across models (no forward otherwise)
     scale = {name: output_mean_square(model, data.eval_windows(name, tokenizer, config.seq_len, bos, config.n_test,
-                                                               spread=True)) for name in config.test_error}
+                                                               spread=True)) for name in config.test_error} \
+        if config.eval_len else None
     return seal({"config": dense_config(config), "ppl": ppl, "ppl_windows": nll,
-                 # the later protocol's: the scale that makes a block error comparable across models
-                 **({"output_mean_square": scale} if config.eval_len else {}),
+                 **({"output_mean_square": scale} if scale is not None else {}),
                  "zeroshot": zs, "seconds": {"load": loaded, **seconds}, **environment(),
                  "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
 
@@ -83,14 +84,10 @@ def output_mean_square(model, windows: torch.Tensor) -> float:
         (out[0] if isinstance(out, tuple) else out).double().pow(2).sum().item()))
     try:
         for start in range(0, len(windows), 8):
-            model.base_model(input_ids=windows[start:start + 8].to(_device(model)), use_cache=False)
+            model.base_model(input_ids=windows[start:start + 8].to(evaluate._device(model)), use_cache=False)
     finally:
         hook.remove()
     return math.fsum(seen) / (windows.numel() * model.config.hidden_size)
-
-
-def _device(model) -> torch.device:
-    return next(model.parameters()).device
 
 
 def compute(config: RunConfig, progress: bool = True, out: str | Path | None = None, low_memory: bool = False,
