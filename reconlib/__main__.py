@@ -1,4 +1,4 @@
-"""Command line: `reconlib eval | prune | zeroshot | grid | summary | cost | rule | records [verify | audit]`.
+"""Command line: `reconlib eval | prune | zeroshot | grid | summary | cost | rule | robust | records [verify | audit | band | mixed]`.
 
 `reconlib` is the console script that `pip install` puts on the PATH; `python -m reconlib` is the same.
 `prune` takes one flag per RunConfig field (generated from the dataclass), so the CLI, the notebooks and
@@ -102,6 +102,14 @@ def cmd_report(args) -> dict:
         from . import robust
 
         return robust.measure_band(args.profile, args.sample, progress=True)
+    if args.command == "records" and args.action == "mixed":
+        from . import findings, grid, records, stopping
+
+        files = sorted({records.results_dir() / f"{k}.json" for m in grid.grid(args.profile).models
+                        for df, _, key in stopping.every_recipe(args.profile, m)
+                        for k in findings.mixed_keys(df, key)})
+        _write("\n".join(map(str, files)), args.out)  # alone on stdout: `git rm $(reconlib records mixed)`
+        return {}
     if args.command == "records" and args.action in ("verify", "audit"):
         from . import verify
 
@@ -189,13 +197,15 @@ def main(argv=None) -> int:
         p.add_argument("--profile", default="cpu")
         p.set_defaults(func=cmd_report)
         if name == "records":
-            p.add_argument("action", nargs="?", choices=("table", "verify", "audit", "band"), default="table",
+            p.add_argument("action", nargs="?", choices=("table", "verify", "audit", "band", "mixed"), default="table",
                            help="verify: check that every record is readable and its digest matches (listing each "
                                 "damaged file), and recompute the --sample cheapest here at the thread count that wrote "
                                 "them, judged bit-tight on the machine that wrote them and against a measured band "
                                 "elsewhere; audit: the same for the cheapest record of each code version in the store; "
                                 "band: the --sample cheapest cross-block runs of finding 2 per model under each kernel "
-                                "variant, the spread robust.py sets a verdict's flip against (hours: a run a variant)")
+                                "variant, the spread robust.py sets a verdict's flip against (hours: a run a variant); mixed: the "
+                                "files of every pair a verdict reads whose arms differ in code version or CPU, one a "
+                                "line: `git rm` them and `make records` computes each pair again on one machine")
             p.add_argument("--sample", type=int, default=2)
 
     for p in sub.choices.values():

@@ -143,6 +143,7 @@ def row(record: dict, subset: int) -> dict:
     out["peak_memory_mb"] = record["peak_memory_mb"]
     out["cpu"] = record.get("machine", {}).get("cpu_model") or UNNAMED  # a pair's arms may differ in it
     out["source"] = record.get("source_digest")
+    out["key"] = record.get("key")  # the record's file stem: records.mixed names the files of a mixed pair
     # the per-window values the evaluation metrics are means of, for the bootstrap over windows (robust.py)
     out["windows"] = {f"ppl_{k}": nll_windows(record, k, subset) for k in record["ppl_windows"]} | \
         {f"test_error_{k}": v for k, v in record.get("test_error_windows", {}).items()}
@@ -182,6 +183,16 @@ def mixed_pairs(df: pd.DataFrame, key: str) -> pd.DataFrame:
         if what:
             rows.append(dict(zip(by, group)) | {"differs in": " and ".join(what)})
     return pd.DataFrame(rows, columns=by + ["differs in"])
+
+
+def mixed_keys(df: pd.DataFrame, key: str) -> set[str]:
+    """The record keys of every group mixed_pairs lists: the whole group, since no arm can be recomputed under
+    the code version or CPU another arm had."""
+    pairs = mixed_pairs(df, key)
+    if not len(pairs):
+        return set()
+    by = [c for c in pairs.columns if c != "differs in"]
+    return set(df.merge(pairs[by], on=by).key.dropna())
 
 
 def relative(df: pd.DataFrame, profile: str) -> pd.DataFrame:

@@ -93,7 +93,11 @@ def variants() -> list[dict]:
     (measured: 2.4e-4 on 9f85eecf's block_error[29], against a band of 1.1e-4 from MKL's paths alone)."""
     import torch
 
-    mkl = [dict(v) for v in VARIANTS] if "Math Kernel Library" in provenance.machine()["blas"] else []
+    machine = provenance.machine()
+    # MKL_CBWR naming this CPU's own ISA is MKL's native path here (measured on an AVX2 EPYC: bit-equal to no
+    # variable at all), so it would recompute the record for a difference of zero: an hour a cross-block run
+    mkl = [dict(v) for v in VARIANTS if v["MKL_CBWR"] != machine["cpu_capability"]] \
+        if "Math Kernel Library" in machine["blas"] else []
     lower = ATEN_LOWER.get(torch.backends.cpu.get_cpu_capability())
     return mkl + ([{"ATEN_CPU_CAPABILITY": lower}] if lower else [])
 

@@ -226,3 +226,15 @@ def test_cuts_against_the_exact_lr_and_owls_gain_read_pairs_by_seed():
     assert g["verdict"] == stats.HOLDS
     shrink = g["shrink"]["sparsegpt: OWL's perplexity gain, LR minus BR+GP"]
     assert shrink.changes == pytest.approx([8.0] * 4) and shrink.test.mean == pytest.approx(8.0)
+
+
+def test_mixed_keys_name_every_record_of_a_pair_that_mixes_code_versions_or_cpus():
+    rows = [dict(model="m", seed=s, criterion="wanda", recon=r, key=f"{s}{r}", cpu="A", source="v1")
+            for s in (0, 1) for r in ("lr", "br")]
+    df = pd.DataFrame(rows)
+    assert findings.mixed_keys(df, "recon") == set()
+    df.loc[df.key == "1br", "source"] = "v2"   # seed 1's arms: two code versions
+    df.loc[df.key == "0lr", "cpu"] = "B"       # seed 0's: two CPUs
+    assert findings.mixed_keys(df, "recon") == {"0lr", "0br", "1lr", "1br"}
+    df.loc[df.key == "0br", "cpu"] = "B"       # seed 0 on one CPU again
+    assert findings.mixed_keys(df, "recon") == {"1lr", "1br"}

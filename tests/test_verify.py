@@ -1,6 +1,8 @@
 """`records verify` on another machine, simulated: the store's record is written by a subprocess whose MKL takes
 its compatible code path (as the CPU of issue #20 did), then judged here."""
 
+import os
+
 import pytest
 import torch
 
@@ -161,3 +163,21 @@ def test_a_record_that_names_no_thread_count_is_recomputed_at_this_processs():
         assert torch.get_num_threads() == before
     a, b = {"machine": {"cpu_capability": "X"}}, {"machine": {"cpu_capability": "X", "threads": 4}}
     assert verify.same_kernels(a, b) and not verify.same_kernels(b, {"machine": {"cpu_capability": "X", "threads": 1}})
+
+
+def test_the_band_skips_mkls_path_for_this_cpus_own_isa_because_it_is_the_native_one():
+    import subprocess
+    import sys
+
+    capability = torch.backends.cpu.get_cpu_capability()
+    if capability not in {v["MKL_CBWR"] for v in verify.VARIANTS}:
+        pytest.skip(f"no MKL variant names this CPU's ISA ({capability})")
+    code = ("import torch, hashlib; torch.manual_seed(0); a = torch.randn(300, 576); b = torch.randn(576, 1536); "
+            "print(hashlib.sha256((a @ b).numpy().tobytes()).hexdigest())")
+
+    def digest(env):
+        return subprocess.run([sys.executable, "-c", code], env={**os.environ, **env, "OMP_NUM_THREADS": "1"},
+                              capture_output=True, text=True, check=True).stdout
+
+    assert digest({"MKL_CBWR": capability}) == digest({})  # the premise: that variant recomputes nothing new
+    assert {"MKL_CBWR": capability} not in verify.variants()
