@@ -40,7 +40,7 @@ def together(rows: list[dict]) -> str:
     """In words: how many verdicts survive Holm across the book's primary parts, and how many pairs mix versions."""
     decided = [r["verdict"] for r in rows if r["verdict"]["verdict"] in (stats.HOLDS, stats.FAILS)]
     survive = robust.primary_holm([r["verdict"] for r in rows])
-    mixed = sum(len(r["mixed"]) for r in rows)
+    mixed = len(_mixed(rows))
     names = ", ".join(f"{findings.number(v)} on {r['model']} ({v['verdict']})" for r in rows for v in survive
                       if v is r["verdict"])
     return (f"**Read together.** Each finding has one primary part, named in code before its runs "
@@ -216,7 +216,7 @@ def robust_markdown(profile: str = "cpu", rows: list[dict] | None = None) -> str
     """The evidence page's robustness tables: each verdict's four checks, the share of each part's variance that
     comes from which windows were evaluated, the evaluation's cost per run, and the pairs that mix versions."""
     rows = assessed(profile) if rows is None else rows
-    checks, shares, mixed = [], [], []
+    checks, shares = [], []
     for r in rows:
         a, v = r["robust"], r["verdict"]
         if a is None:
@@ -234,7 +234,7 @@ def robust_markdown(profile: str = "cpu", rows: list[dict] | None = None) -> str
         for part, share in a["windows"]["share"].items():
             shares.append({"finding": findings.number(v), "model": r["model"], "part": part,
                            "deciding": "yes" if part == deciding else "", "window share %": round(100 * share, 1)})
-        mixed += [{"finding": findings.number(v), **m} for m in r["mixed"].to_dict("records")]
+    mixed = _mixed(rows)
     cost = evaluation_cost(profile)
     return ("Each verdict's four checks (reconlib/robust.py). *exact p*: the sign-flip test of the deciding part, "
             "over all 2ⁿ sign assignments; *needed*: the fewest seeds at which that test can say the verdict at all. "
@@ -250,7 +250,19 @@ def robust_markdown(profile: str = "cpu", rows: list[dict] | None = None) -> str
             f"{100 * robust.SHARE:.0f}% (grid.py).\n\n"
             + (pd.DataFrame(shares).to_markdown(index=False) if shares else "No part has evaluation windows yet.")
             + "\n\n" + cost + "\n\n**Pairs that mix code versions or CPU models**"
-            + (":\n\n" + pd.DataFrame(mixed).fillna("").to_markdown(index=False) if mixed else ": none.") + "\n")
+            + (":\n\n" + mixed.to_markdown(index=False) if len(mixed) else ": none.") + "\n")
+
+
+def _mixed(rows: list[dict]) -> pd.DataFrame:
+    """Each group of runs that mixes code versions or CPUs once, with the findings that read it (4 and 4a read
+    the same runs)."""
+    frames = [r["mixed"].assign(finding=findings.number(r["verdict"])) for r in rows if len(r["mixed"])]
+    if not frames:
+        return pd.DataFrame()
+    df = pd.concat(frames).fillna("")
+    by = [c for c in df.columns if c != "finding"]
+    out = df.groupby(by, sort=False).finding.agg(", ".join).reset_index()
+    return out[["finding"] + by]
 
 
 def evaluation_cost(profile: str) -> str:

@@ -238,3 +238,14 @@ def test_mixed_keys_name_every_record_of_a_pair_that_mixes_code_versions_or_cpus
     assert findings.mixed_keys(df, "recon") == {"0lr", "0br", "1lr", "1br"}
     df.loc[df.key == "0br", "cpu"] = "B"       # seed 0 on one CPU again
     assert findings.mixed_keys(df, "recon") == {"1lr", "1br"}
+
+
+def test_a_mixed_group_that_two_findings_read_is_counted_once():
+    from reconlib import report
+
+    group = pd.DataFrame([dict(model="m", seed=0, criterion="sparsegpt", recon="br+gp", **{"differs in": "CPU"})])
+    rows = [{"model": "m", "verdict": {"finding": f, "verdict": stats.NOISE}, "mixed": group} for f in
+            ("4. Early stopping", "4a. Early stopping")]
+    rows.append({"model": "m", "verdict": {"finding": "1. x", "verdict": stats.NOISE}, "mixed": group.iloc[:0]})
+    table = report._mixed(rows)
+    assert len(table) == 1 and table.finding[0] == "4, 4a"
