@@ -217,10 +217,17 @@ def _all_metrics() -> list[str]:
 
 
 def _read(v: dict, metrics) -> list[str]:
-    """The metrics among `metrics` that the verdict's parts read."""
+    """The metrics among `metrics` that the verdict's parts read, by the part's name: finding 1 names the
+    calibration error "<criterion> final error, LR → BR"; a verdict whose parts name none reads them all
+    (the widest band then applies: never a band of 0 by a name missed)."""
     from .findings import METRICS
 
-    return [m for m in metrics if any(name.startswith(METRICS[m]) for name in v["tests"])]
+    def labels(m):
+        return (METRICS[m],) + (("final error",) if m == "final_error" else ())
+
+    metrics = list(metrics)
+    read = [m for m in metrics if any(label in name for name in v["tests"] for label in labels(m))]
+    return read or metrics
 
 
 def flip_within_band(df: pd.DataFrame, verdict, key: str, bands: dict[str, float]) -> str | None:

@@ -274,3 +274,12 @@ def test_each_metric_is_moved_by_its_own_kernel_band(tmp_path, monkeypatch):
     assert not a["robust"] and any("within the kernel band" in r for r in a["reasons"])
     assert robust.flip_within_band(df, findings.verdict_overfitting, "recon",
                                    {"ppl_wikitext2": 0.07}) is not None
+
+
+def test_finding_1s_parts_read_the_calibration_errors_band_and_an_unnamed_part_the_widest():
+    metrics = ["final_error", "test_error_ptb", "ppl_wikitext2"]
+    assert robust._read({"tests": {"sparsegpt final error, LR → BR": None}}, metrics) == ["final_error"]
+    assert robust._read({"tests": {"WikiText-2 perplexity, BR+GP → BR+GP+CR": None,
+                                   "calibration error, BR+GP → BR+GP+CR": None}}, metrics) == ["final_error",
+                                                                                               "ppl_wikitext2"]
+    assert robust._read({"tests": {"something else": None}}, metrics) == metrics
