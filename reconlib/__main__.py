@@ -96,6 +96,20 @@ def _write(text: str, out: str | None) -> None:
 
 
 def cmd_report(args) -> dict:
+    import os
+
+    # a table is read from the store in seconds; computing a missing run takes hours, so only on request
+    # (RECONLIB_COMPUTE=1), never as a side effect of asking what the store says
+    asked = os.environ.get("RECONLIB_COMPUTE")
+    os.environ["RECONLIB_COMPUTE"] = asked or "0"
+    try:
+        return _report(args)
+    finally:  # main() is also called in-process (tests, notebooks): leave the environment as it was
+        if asked is None:
+            del os.environ["RECONLIB_COMPUTE"]
+
+
+def _report(args) -> dict:
     from . import report
 
     if args.command == "records" and args.action == "band":

@@ -98,6 +98,8 @@ def deciding(v: dict) -> str:
     """The part that decides a verdict, with its numbers: the weakest part of one that holds, the part against
     it of one that does not, and the part furthest from significance otherwise."""
     parts = list(v["tests"].values())
+    if not parts:  # a finding none of whose runs is in the store yet
+        return stats.NONE
     if v["verdict"] == stats.FAILS:  # its p is the one-sided test against the paper, before Holm's correction
         part = min(parts, key=lambda p: p.test.p_opposite)
         return (f"{part.name}: {fmt_change(part)}, p against = {fmt_p(part.test.p_opposite)} ≤ "
@@ -126,6 +128,17 @@ COLUMNS = ["model", "seed", "criterion", "sparsity", "seq_len", "refit", "alloca
 UNNAMED = "unnamed"  # the CPU of a record older than machine fingerprints
 
 
+def kernel_path(machine: dict) -> str:
+    """The CPU a record ran on, as far as it decides the record's last bits: the model name, the ISA torch
+    dispatched to, and the thread count. The name alone is not enough: machines sold as "AMD EPYC" run AVX2 on
+    some hosts and AVX-512 on others, and a reduction over 2 threads adds in another order than over 1."""
+    name = machine.get("cpu_model") or UNNAMED
+    detail = [machine["cpu_capability"]] if machine.get("cpu_capability") else []
+    if n := machine.get("threads"):
+        detail.append(f"{n} thread{'s' * (n != 1)}")
+    return f"{name} ({', '.join(detail)})" if detail and name != UNNAMED else name
+
+
 def row(record: dict, subset: int) -> dict:
     c = record["config"]
     out = {"model": c["model"], "seed": c["seed"], "criterion": c["criterion"], "sparsity": c["sparsity"],
@@ -141,7 +154,7 @@ def row(record: dict, subset: int) -> dict:
         out["mean_acc"] = 100 * record["zeroshot"]["mean_acc"]
     out["seconds"], out["seconds_total"] = record["seconds"]["prune"], record["seconds"]["total"]
     out["peak_memory_mb"] = record["peak_memory_mb"]
-    out["cpu"] = record.get("machine", {}).get("cpu_model") or UNNAMED  # a pair's arms may differ in it
+    out["cpu"] = kernel_path(record.get("machine", {}))  # a pair's arms may differ in it
     out["source"] = record.get("source_digest")
     out["key"] = record.get("key")  # the record's file stem: records.mixed names the files of a mixed pair
     # the per-window values the evaluation metrics are means of, for the bootstrap over windows (robust.py)
@@ -537,8 +550,10 @@ def verdict_self_generated(df: pd.DataFrame, against: str = "real") -> dict:
     return judge(claim, parts, "metric's units")
 
 
-def dense(profile: str, model: str, full: bool = False) -> dict:
-    return records.dense(grid.dense_cell(profile, model, full))
+def dense(profile: str, model: str, full: bool = False) -> dict | None:
+    """The dense record (computed where missing, unless not `computing()`: then None where the store lacks it)."""
+    cell = grid.dense_cell(profile, model, full)
+    return records.dense(cell) if computing() else records.read(records.dense_path(cell))
 
 
 def curves(profile: str, model: str, data: str = "calibration") -> pd.DataFrame:

@@ -21,10 +21,35 @@ def source_digest() -> str:
     where git is absent or the tree had uncommitted changes. Read once per process, when its first run starts
     (pipeline.compute), so a file edited while a long grid runs is not credited with records of the code that
     was loaded."""
+    return digest_of(Path(__file__).parent)
+
+
+def digest_of(package: Path) -> str:
+    """source_digest of the reconlib package in folder `package` (another checkout's, too)."""
     h = hashlib.sha256()
-    for f in sorted(Path(__file__).parent.glob("*.py")) + [Path(__file__).with_name("paper_numbers.csv")]:
+    for f in sorted(package.glob("*.py")) + [package / "paper_numbers.csv"]:
         h.update(f.name.encode() + b"\0" + f.read_bytes())
     return h.hexdigest()[:16]
+
+
+def code_of(record: dict) -> Path | None:
+    """A checkout of the code that wrote `record`, for a recomputation that is to differ from it in one thing only
+    (the kernels, verify.variants): None when this process's code is that code, else a git worktree of the
+    record's commit under .grid/ (where `make records REV=…` keeps its own), made if absent."""
+    if record.get("source_digest") in (None, source_digest()):
+        return None
+    root = Path(__file__).resolve().parent.parent
+    commit = record.get("git_commit")
+    tree = root / ".grid" / str(commit)
+    if commit and not tree.is_dir():
+        subprocess.run(["git", "worktree", "add", "--detach", str(tree), commit], cwd=root, capture_output=True)
+    if not commit or not tree.is_dir() or digest_of(tree / "reconlib") != record["source_digest"]:
+        where = (f"commit {commit}, which `git worktree add .grid/{commit} {commit}` could not check out here "
+                 f"with that digest (a commit made with uncommitted changes?)") if commit else "which names no commit"
+        raise RuntimeError(f"record {record.get('key')} was written by code {record['source_digest']} ({where}): "
+                           f"no checkout here can recompute it as it was written; `records verify` recomputes it "
+                           f"with today's code instead")
+    return tree
 
 
 @lru_cache(maxsize=1)

@@ -28,7 +28,7 @@ def verdicts(profile: str, rows: list[dict] | None = None) -> pd.DataFrame:
     table = []
     for r in rows if rows is not None else assessed(profile):
         v = r["verdict"]
-        n = sorted({p.test.n for p in v["tests"].values()})
+        n = sorted({p.test.n for p in v["tests"].values()}) or [0]  # [0]: no part measured yet
         table.append({"finding": findings.number(v), "model": r["model"], "verdict": v["verdict"],
                       "deciding part: change [95% CI], p": findings.deciding(v),
                       "n": "–".join(map(str, (n[0], n[-1]) if n[0] != n[-1] else n[:1])),
@@ -70,14 +70,16 @@ def rule_markdown(profile: str = "cpu") -> str:
 def intro_table(profile: str) -> pd.DataFrame:
     """The dense model and the intro rows on the whole test sets (first model, first seed)."""
     model = next(iter(grid.grid(profile).models))
-    dense = findings.dense(profile, model, full=True)
-    rows = [{"model": "dense", **{f"ppl {k}": v for k, v in dense["ppl"].items()},
-             "mean acc": 100 * dense["zeroshot"]["mean_acc"] if dense.get("zeroshot") else None}]
+    seed = grid.seeds(profile, model)[0]
+    found = [("dense", findings.dense(profile, model, full=True))]
     for criterion, recon in sorted(grid.INTRO_ROWS, key=lambda row: SCHEMES.index(row[1])):
-        r = records.run(grid.cell(profile, model, grid.seeds(profile, model)[0], criterion=criterion, recon=recon))
-        rows.append({"model": f"{criterion} {findings.LABELS[recon]}", **{f"ppl {k}": v for k, v in r["ppl"].items()},
-                     "mean acc": 100 * r["zeroshot"]["mean_acc"] if r.get("zeroshot") else None})
-    return pd.DataFrame(rows)
+        config = grid.cell(profile, model, seed, criterion=criterion, recon=recon)
+        found.append((f"{criterion} {findings.LABELS[recon]}",
+                      records.run(config) if findings.computing() else records.stored(config)))
+    # a record the store lacks (and may not compute) is left out, as the findings' tables leave theirs
+    return pd.DataFrame([{"model": name, **{f"ppl {k}": v for k, v in r["ppl"].items()},
+                          "mean acc": 100 * r["zeroshot"]["mean_acc"] if r.get("zeroshot") else None}
+                         for name, r in found if r is not None])
 
 
 def summary_markdown(profile: str = "cpu", rows: list[dict] | None = None) -> str:

@@ -178,22 +178,43 @@ def measure_band(profile: str, sample: int = 2, progress: bool = False) -> dict:
             continue
         entry = out.setdefault(model, {})
         done = entry.setdefault("recomputed", {})  # record key → variant → metric → relative difference
+        # by the code that wrote the record, so that the kernels are the one thing that differs; a difference
+        # measured by other code (before `code` was kept) carries that code's changes too, and is measured again
+        code = entry.setdefault("code", {})  # record key → the source_digest that recomputed it
+        dropped = [k for k in done if code.get(k) != (records.read(records.results_dir() / f"{k}.json") or {})
+                   .get("source_digest")]
+        for key in dropped:
+            done.pop(key), code.pop(key, None)
         todo = [(r, env) for r in stored for env in verify.variants() if _name(env) not in done.get(r["key"], {})]
         for r, env in tqdm(todo, desc=f"band {model}", disable=not progress):
             mine = findings.row(r, 0)
-            theirs = findings.row(verify.recompute_under(r["config"], env, verify.writers_threads(r)), 0)
+            fresh = verify.recompute_under(r["config"], env, verify.writers_threads(r), provenance.code_of(r))
+            code[r["key"]] = fresh["source_digest"]
+            theirs = findings.row(fresh, 0)
             done.setdefault(r["key"], {})[_name(env)] = {
                 m: abs(mine[m] - theirs[m]) / max(abs(mine[m]), abs(theirs[m]), 1e-12)
                 for m in _metrics(pd.DataFrame([mine]))}
-            per_metric = {}
-            for diffs in (d for by_env in done.values() for d in by_env.values()):
-                for m, d in diffs.items():
-                    per_metric[m] = max(per_metric.get(m, 0.0), d)
-            entry |= {"band": max(per_metric.values()), "per_metric": per_metric, "records": sorted(done),
-                      "variants": sorted({e for by_env in done.values() for e in by_env}),
-                      "cpu": provenance.machine()["cpu_model"], "measured": pd.Timestamp.now().strftime("%Y-%m-%d")}
+            _summarize(entry, findings.kernel_path(r["machine"]))
+            BAND.write_text(json.dumps(out, indent=1, sort_keys=True) + "\n")
+        if dropped and not todo:  # what the dropped measurements leave
+            _summarize(entry, entry.get("cpu"))
             BAND.write_text(json.dumps(out, indent=1, sort_keys=True) + "\n")
     return out
+
+
+def _summarize(entry: dict, cpu: str | None) -> None:
+    """The band of one model's entry from its recomputations: per metric, the largest difference any made."""
+    done = entry["recomputed"]
+    per_metric = {}
+    for diffs in (d for by_env in done.values() for d in by_env.values()):
+        for m, d in diffs.items():
+            per_metric[m] = max(per_metric.get(m, 0.0), d)
+    for k in ("band", "per_metric", "records", "variants"):
+        entry.pop(k, None)
+    if per_metric:
+        entry |= {"band": max(per_metric.values()), "per_metric": per_metric, "records": sorted(done),
+                  "variants": sorted({e for by_env in done.values() for e in by_env}),
+                  "cpu": cpu, "measured": pd.Timestamp.now().strftime("%Y-%m-%d")}
 
 
 def _name(env: dict) -> str:
@@ -287,7 +308,8 @@ def primary_holm(verdicts: list[dict]) -> list[dict]:
     its part's null in the verdict's direction → the surviving verdicts."""
     from .findings import primary
 
-    tested = [(v, v["tests"][primary(v)]) for v in verdicts if v["tests"][primary(v)].test.n >= 2]
+    tested = [(v, v["tests"][primary(v)]) for v in verdicts
+              if primary(v) in v["tests"] and v["tests"][primary(v)].test.n >= 2]  # absent: not measured yet
     rejected = stats.holm([2 * min(p.test.p, p.test.p_opposite) for _, p in tested])
     return [v for (v, p), r in zip(tested, rejected)
             if r and (v["verdict"], p.test.p < p.test.p_opposite) in ((stats.HOLDS, True), (stats.FAILS, False))]

@@ -71,7 +71,7 @@ def verdicts(tests: list[Test]) -> tuple[str, list[str]]:
     """(the finding's verdict, each part's word) for the parts' tests, by the rule above."""
     against = holm([t.p_opposite if t.n >= 2 else 1.0 for t in tests])
     words = [HOLDS if t.significant else FAILS if a else NOISE if t.n else NONE for t, a in zip(tests, against)]
-    if tests and all(t.n == 0 for t in tests):
+    if all(t.n == 0 for t in tests):  # no part measured (or none at all): nothing to say yet
         return NONE, words
     if tests and all(t.significant for t in tests):
         return HOLDS, words

@@ -62,9 +62,12 @@ def run(blocks: list[nn.Module], x: torch.Tensor, kwargs: list[dict], device: to
 def store_folder(root: Path, model_id: str, ids: torch.Tensor, batch_size: int, device: torch.device,
                  amp: torch.dtype | None) -> Path:
     """Where x̄_1..x̄_L of these windows live: keyed by everything that changes their bits, the kernels' ISA
-    too (a recomputation under a switched ISA, as `records verify` runs, must not read the native stream)."""
+    too (a recomputation under a switched ISA, as `records verify` runs, must not read the native stream), and
+    on a CPU the thread count (a reduction split over 2 threads adds in another order than over 1: a 1-thread
+    grid run that read a 2-thread notebook's stream would not reproduce from scratch at 1 thread)."""
     isa = [torch.backends.cpu.get_cpu_capability()] + [os.environ.get(k, "") for k in ISA_VARIABLES]
-    h = hashlib.sha256(f"{model_id}|{batch_size}|{device.type}|{amp}|{torch.__version__}|{isa}|".encode())
+    threads = torch.get_num_threads() if device.type == "cpu" else 0
+    h = hashlib.sha256(f"{model_id}|{batch_size}|{device.type}|{amp}|{torch.__version__}|{isa}|{threads}|".encode())
     h.update(ids.contiguous().numpy().tobytes())
     return Path(root) / h.hexdigest()[:20]
 

@@ -102,16 +102,19 @@ def variants() -> list[dict]:
     return mkl + ([{"ATEN_CPU_CAPABILITY": lower}] if lower else [])
 
 
-def recompute_under(config: dict, env: dict, threads: int | None = None) -> dict:
-    """The record of `config` computed in a subprocess with `env` on top of this one's (at `threads`, if given)."""
-    env = {**env, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
+def recompute_under(config: dict, env: dict, threads: int | None = None, code: Path | None = None) -> dict:
+    """The record of `config` computed in a subprocess with `env` on top of this one's (at `threads`, if given;
+    by the reconlib in checkout `code`, if given: provenance.code_of)."""
+    env = {**env, **({"OMP_NUM_THREADS": str(threads)} if threads else {}),
+           **({"PYTHONPATH": str(code)} if code else {})}
     with tempfile.TemporaryDirectory(prefix="reconlib-variant-") as tmp:
         out = Path(tmp) / "record.json"
-        code = ("import json, sys; from reconlib import pipeline; from reconlib.config import from_dict; "
-                "r = pipeline.compute(from_dict(json.loads(sys.argv[1])), progress=False, resumable=False); "
-                "open(sys.argv[2], 'w').write(json.dumps(r))")
-        done = subprocess.run([sys.executable, "-c", code, json.dumps(config), str(out)], env={**os.environ, **env},
-                              capture_output=True, text=True)
+        script = ("import json, sys; from reconlib import pipeline; from reconlib.config import from_dict; "
+                  "r = pipeline.compute(from_dict(json.loads(sys.argv[1])), progress=False, resumable=False); "
+                  "open(sys.argv[2], 'w').write(json.dumps(r))")
+        # `python -c` puts its working directory first on the path, ahead of PYTHONPATH: run in the checkout
+        done = subprocess.run([sys.executable, "-c", script, json.dumps(config), str(out)], env={**os.environ, **env},
+                              capture_output=True, text=True, cwd=code)
         if done.returncode or not out.is_file():
             raise RuntimeError(f"the recomputation under {env} failed:\n{done.stderr[-2000:]}")
         return json.loads(out.read_text())

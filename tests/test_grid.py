@@ -210,6 +210,23 @@ def test_the_book_reads_the_store_as_it_is_and_computes_nothing(monkeypatch):
         findings.table(configs, "smoke")
 
 
+def test_the_clis_tables_read_the_store_and_compute_nothing_unless_asked(monkeypatch, capsys):
+    """`summary` on an empty store prints what is there (nothing) in seconds, rather than hours of runs; the
+    intro table's dense record and runs too. RECONLIB_COMPUTE=1 still computes, and the variable is left as it was."""
+    from reconlib.__main__ import main
+
+    monkeypatch.delenv("RECONLIB_COMPUTE", raising=False)
+    for step in ("compute", "compute_dense"):
+        monkeypatch.setattr(pipeline, step, lambda *a, **k: pytest.fail("a table computed a run"))
+    main(["summary", "--profile", "smoke"])
+    assert "runs of the grid are not in the store yet" in capsys.readouterr().out
+    assert "RECONLIB_COMPUTE" not in os.environ
+    monkeypatch.setenv("RECONLIB_COMPUTE", "1")
+    with pytest.raises(pytest.fail.Exception, match="a table computed a run"):
+        main(["summary", "--profile", "smoke"])
+    assert os.environ["RECONLIB_COMPUTE"] == "1"
+
+
 def test_the_dry_run_counts_the_papers_findings_apart_from_finding_4(capsys):
     from reconlib.__main__ import main
     paper = grid.paper_runs("smoke")

@@ -136,6 +136,27 @@ def test_a_stored_dense_stream_gives_the_same_run_and_is_read_back(windows, tmp_
         assert all(torch.equal(a, b) for a, b in zip(params, results[0][2]))
 
 
+def test_a_run_at_another_thread_count_never_reads_the_stored_dense_stream(windows, tmp_path, monkeypatch):
+    """x̄ computed over 2 threads adds in another order than over 1: a run at 1 thread computes its own."""
+    from reconlib import streams
+    from reconlib.models import tiny_model
+
+    calib, test = windows
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        reconstruct.prune(tiny_model("llama"), config(recon="br", criterion="wanda"), calib, {"t": test},
+                          progress=False, store=tmp_path, model_id="tiny")
+        torch.set_num_threads(1)
+        saved = []
+        monkeypatch.setattr(streams.Streams, "_save", lambda self, i, x: saved.append(i))
+        reconstruct.prune(tiny_model("llama"), config(recon="br", criterion="wanda"), calib, {"t": test},
+                          progress=False, store=tmp_path, model_id="tiny")
+    finally:
+        torch.set_num_threads(before)
+    assert sorted(saved) == [1, 1, 2, 2, 3, 3]  # every x̄ of both window sets computed again, none read
+
+
 @pytest.mark.parametrize("recon, kill_at", [("br+gp+cr", 2), ("br", 1), ("lr", None)])
 def test_a_killed_run_resumes_at_its_checkpoint_and_ends_identical(windows, tmp_path, monkeypatch, recon, kill_at):
     """Kill after unit k, run the same call again: the record must equal an uninterrupted run's, bit for bit."""

@@ -240,6 +240,19 @@ def test_mixed_keys_name_every_record_of_a_pair_that_mixes_code_versions_or_cpus
     assert findings.mixed_keys(df, "recon") == {"1lr", "1br"}
 
 
+def test_two_machines_of_one_cpu_name_that_dispatch_to_different_kernels_are_two_cpus():
+    # "AMD EPYC" hosts run AVX2 on some machines and AVX-512 on others (the store holds both): the name alone
+    # would call a pair of the two one CPU
+    avx2, avx512 = (dict(cpu_model="AMD EPYC", cpu_capability=c, threads=1) for c in ("AVX2", "AVX512"))
+    paths = {findings.kernel_path(m) for m in (avx2, avx512)}
+    assert paths == {"AMD EPYC (AVX2, 1 thread)", "AMD EPYC (AVX512, 1 thread)"}
+    assert findings.kernel_path(avx2 | {"threads": 2}) == "AMD EPYC (AVX2, 2 threads)"
+    assert findings.kernel_path({}) == findings.UNNAMED and findings.kernel_path({"cpu_capability": "AVX2"}) == findings.UNNAMED
+    rows = [dict(model="m", seed=0, criterion="wanda", recon=r, key=r, source="v1", cpu=findings.kernel_path(m))
+            for r, m in (("lr", avx2), ("br", avx512))]
+    assert findings.mixed_keys(pd.DataFrame(rows), "recon") == {"lr", "br"}
+
+
 def test_a_mixed_group_that_two_findings_read_is_counted_once():
     from reconlib import report
 

@@ -181,3 +181,22 @@ def test_the_band_skips_mkls_path_for_this_cpus_own_isa_because_it_is_the_native
 
     assert digest({"MKL_CBWR": capability}) == digest({})  # the premise: that variant recomputes nothing new
     assert {"MKL_CBWR": capability} not in verify.variants()
+
+
+def test_a_recomputation_runs_the_code_that_wrote_the_record_when_told(tmp_path):
+    # a stand-in checkout whose pipeline only says which code it is: the subprocess must import it, not the
+    # reconlib of the working directory (`python -c` puts that first on the path, ahead of PYTHONPATH)
+    package = tmp_path / "reconlib"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "config.py").write_text("def from_dict(d):\n    return d\n")
+    (package / "pipeline.py").write_text("def compute(config, progress, resumable):\n"
+                                         "    return {'source_digest': 'the other checkout', 'config': config}\n")
+    fresh = verify.recompute_under({"no_such_field": 3}, {}, threads=1, code=tmp_path)  # today's from_dict refuses it
+    assert fresh == {"source_digest": "the other checkout", "config": {"no_such_field": 3}}
+
+
+def test_code_of_a_record_is_none_for_todays_code_and_refuses_a_code_no_checkout_holds():
+    assert provenance.code_of({"source_digest": provenance.source_digest()}) is None
+    with pytest.raises(RuntimeError, match="names no commit.*`records verify`"):
+        provenance.code_of({"key": "k", "source_digest": "0" * 16})
