@@ -244,7 +244,8 @@ def robust_markdown(profile: str = "cpu", rows: list[dict] | None = None) -> str
             f"{robust.DRAWS} bootstraps of the evaluation windows (the same draw for every run) that keep it; robust "
             f"needs {100 * robust.KEEP:.0f}%. *Shift that flips*: the smallest relative change of one arm's metrics, "
             "all seeds at once, that changes the verdict. *Kernel band*: the widest relative spread kernel code paths "
-            "make in a metric the verdict reads, in a cross-block run (`records band`); robust needs the verdict to "
+            "make in a metric the verdict reads, in a cross-block run recomputed by the code that wrote it at its "
+            "writer's thread count, so that the kernels are the one difference (`records band`); robust needs the verdict to "
             "survive one arm's metrics each moved by its own band, in the worse direction.\n\n"
             + (pd.DataFrame(checks).to_markdown(index=False) if checks else "No verdict has runs yet.")
             + "\n\n**How much of a change comes from which windows were evaluated.** For each part with evaluation "
