@@ -35,6 +35,8 @@ def test_notebook_is_thin_and_parameterized(nb_path):
         for node in ast.walk(ast.parse("".join(c["source"]))):
             assert not isinstance(node, FORBIDDEN), f"{type(node).__name__} in a notebook: it belongs in reconlib"
         assert not c.get("outputs"), "notebooks are committed without outputs"
+    # nbformat 4.5 cells carry ids; one without is a warning now and, by nbformat's notice, an error later
+    assert all("id" in c for c in json.loads(nb_path.read_text())["cells"]), "a cell without an id"
 
 
 @pytest.fixture(scope="module")
