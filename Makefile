@@ -114,6 +114,8 @@ endif
 # (a) papermill runs each notebook from notebooks/ (so relative paths work) into the gitignored book/_executed
 execute: $(STAMP_BOOK)
 	mkdir -p $(EXECUTED)
+	@# the embedded GGUF models converted here, once a machine, rather than on whichever page first touches one
+	$(BIN)/python -c "from reconlib import models; [models.resolve(m) for m in sorted(models.EMBEDDED)]"
 	@$(BIN)/python -c "from reconlib import grid; n = len(grid.missing('$(PROFILE)')); n and print(f'make book: {n} runs of the $(PROFILE) grid are missing from $(RECONLIB_RESULTS): ' + ('the notebooks compute them one by one (hours on a CPU)' if $(COMPUTE) else 'the pages leave them out and say so (COMPUTE=1 computes them)') + '; make records WORKERS=2 computes them side by side')"
 	for nb in $(NOTEBOOKS); do \
 	  RECONLIB_COMPUTE=$(COMPUTE) $(BIN)/papermill "$$nb" "$(EXECUTED)/$$(basename $$nb)" -p profile $(PROFILE) \

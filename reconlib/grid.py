@@ -129,7 +129,13 @@ def setup(namespace: dict, fixed: tuple = (), single: bool = False) -> str:
         raise ValueError(f"unknown notebook parameter(s) {unknown}: use profile, models, seeds or RunConfig fields "
                          f"({', '.join(field_names())})")
     name = derive(name, fixed, **params)
+    from transformers.utils import logging
+
     from . import records
+
+    # a fresh machine converts the embedded GGUF models on first use, and transformers' bars for that would land
+    # on whichever page first touches a model: the pages read the same on a fresh machine as on a warm one
+    logging.disable_progress_bar()
 
     # single: the notebook reads one run (the quickstart), else every run of the setting's grid
     todo = [c for c in [cell(name, seed=seeds(name, base(name).model)[0])] if not records.path(c).is_file()] \

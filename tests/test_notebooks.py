@@ -62,6 +62,18 @@ def test_notebook_runs_in_the_smoke_profile(nb_path, tmp_path, smoke_store, monk
     assert not errors
 
 
+def test_the_set_up_cell_keeps_transformers_bars_off_the_page(monkeypatch):
+    """A fresh machine converts the GGUF models on first use; the page that happens on must not show its bars."""
+    from transformers.utils import logging
+
+    from reconlib import grid
+
+    monkeypatch.setattr(logging, "_tqdm_active", True)  # restored after the test
+    assert logging.is_progress_bar_enabled()
+    grid.setup({"profile": "smoke"})
+    assert not logging.is_progress_bar_enabled()
+
+
 def test_unknown_parameter_is_refused(tmp_path):
     import papermill as pm
 
