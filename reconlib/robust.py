@@ -194,17 +194,19 @@ def measure_band(profile: str, sample: int = 2, progress: bool = False) -> dict:
             done.setdefault(r["key"], {})[_name(env)] = {
                 m: abs(mine[m] - theirs[m]) / max(abs(mine[m]), abs(theirs[m]), 1e-12)
                 for m in _metrics(pd.DataFrame([mine]))}
-            _summarize(entry, findings.kernel_path(r["machine"]))
+            _summarize(entry, findings.kernel_path(r["machine"]), [s["key"] for s in stored])
             BAND.write_text(json.dumps(out, indent=1, sort_keys=True) + "\n")
         if dropped and not todo:  # what the dropped measurements leave
-            _summarize(entry, entry.get("cpu"))
+            _summarize(entry, entry.get("cpu"), [s["key"] for s in stored])
             BAND.write_text(json.dumps(out, indent=1, sort_keys=True) + "\n")
     return out
 
 
-def _summarize(entry: dict, cpu: str | None) -> None:
-    """The band of one model's entry from its recomputations: per metric, the largest difference any made."""
+def _summarize(entry: dict, cpu: str | None, sampled: list[str]) -> None:
+    """The band of one model's entry from its recomputations: per metric, the largest difference any made;
+    `complete` once every sampled record has every variant (a part of them is only a lower bound on the band)."""
     done = entry["recomputed"]
+    entry["complete"] = all(_name(env) in done.get(k, {}) for k in sampled for env in _variants())
     per_metric = {}
     for diffs in (d for by_env in done.values() for d in by_env.values()):
         for m, d in diffs.items():
@@ -215,6 +217,12 @@ def _summarize(entry: dict, cpu: str | None) -> None:
         entry |= {"band": max(per_metric.values()), "per_metric": per_metric, "records": sorted(done),
                   "variants": sorted({e for by_env in done.values() for e in by_env}),
                   "cpu": cpu, "measured": pd.Timestamp.now().strftime("%Y-%m-%d")}
+
+
+def _variants() -> list[dict]:
+    from . import verify
+
+    return verify.variants()
 
 
 def _name(env: dict) -> str:
@@ -228,6 +236,10 @@ def band(model: str) -> dict[str, float] | None:
     if not BAND.is_file():
         return None
     entry = json.loads(BAND.read_text()).get(model, {})
+    # some variants still to recompute: not a band to call a verdict robust by (an entry that keeps `code` but not
+    # `complete` was written before completeness was: unknown, so not complete)
+    if not entry.get("complete", "code" not in entry):
+        return None
     return entry.get("per_metric") or ({m: entry["band"] for m in _all_metrics()} if "band" in entry else None)
 
 

@@ -90,6 +90,23 @@ def test_a_verdict_that_depends_on_which_windows_were_read_is_fragile(measured_b
     assert a["windows"]["share"]["WikiText-2 perplexity, BR+GP → BR+GP+CR"] > 0.9  # seeds agree: windows decide
 
 
+def test_a_band_with_variants_still_to_recompute_is_no_band(tmp_path, monkeypatch):
+    """A part of the variants only bounds the band from below: no verdict is called robust by it."""
+    monkeypatch.setattr(robust, "BAND", tmp_path / "band.json")
+    monkeypatch.setattr(robust, "_variants", lambda: [{"MKL_CBWR": "COMPATIBLE"}, {"ATEN_CPU_CAPABILITY": "default"}])
+    entry = {"recomputed": {"r1": {"MKL_CBWR=COMPATIBLE": {"ppl_wikitext2": 0.002}}}}
+    robust._summarize(entry, "cpu", ["r1"])
+    robust.BAND.write_text(json.dumps({"m": entry}))
+    assert not entry["complete"] and robust.band("m") is None
+    entry["recomputed"]["r1"]["ATEN_CPU_CAPABILITY=default"] = {"ppl_wikitext2": 0.004}
+    robust._summarize(entry, "cpu", ["r1", "r2"])  # a second record sampled, not yet recomputed
+    robust.BAND.write_text(json.dumps({"m": entry}))
+    assert robust.band("m") is None
+    robust._summarize(entry, "cpu", ["r1"])
+    robust.BAND.write_text(json.dumps({"m": entry}))
+    assert entry["complete"] and robust.band("m") == {"ppl_wikitext2": 0.004}
+
+
 def test_without_a_measured_band_no_verdict_is_robust(tmp_path, monkeypatch):
     monkeypatch.setattr(robust, "BAND", tmp_path / "none.json")
     cal = {"br+gp": [3.0] * 6, "br+gp+cr": [2.0] * 6}
