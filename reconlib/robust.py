@@ -185,6 +185,7 @@ def measure_band(profile: str, sample: int = 2, progress: bool = False) -> dict:
                    .get("source_digest")]
         for key in dropped:
             done.pop(key), code.pop(key, None)
+        sampled = [r["key"] for r in stored]
         todo = [(r, env) for r in stored for env in verify.variants() if _name(env) not in done.get(r["key"], {})]
         for r, env in tqdm(todo, desc=f"band {model}", disable=not progress):
             mine = findings.row(r, 0)
@@ -194,10 +195,10 @@ def measure_band(profile: str, sample: int = 2, progress: bool = False) -> dict:
             done.setdefault(r["key"], {})[_name(env)] = {
                 m: abs(mine[m] - theirs[m]) / max(abs(mine[m]), abs(theirs[m]), 1e-12)
                 for m in _metrics(pd.DataFrame([mine]))}
-            _summarize(entry, findings.kernel_path(r["machine"]), [s["key"] for s in stored])
+            _summarize(entry, findings.kernel_path(r["machine"]), sampled)
             BAND.write_text(json.dumps(out, indent=1, sort_keys=True) + "\n")
         if dropped and not todo:  # what the dropped measurements leave
-            _summarize(entry, entry.get("cpu"), [s["key"] for s in stored])
+            _summarize(entry, entry.get("cpu"), sampled)
             BAND.write_text(json.dumps(out, indent=1, sort_keys=True) + "\n")
     return out
 
