@@ -258,6 +258,12 @@ def calibration_set(corpus: str, tokenizer, n: int, seq_len: int, seed: int = 0,
     return _with_bos(torch.stack(windows), bos)  # (n + holdout, seq_len)
 
 
+def window_count(corpus: str, tokenizer, seq_len: int, bos: bool = False) -> int:
+    """How many windows of seq_len tokens (BOS included when `bos`) the whole test text holds: eval_windows' W
+    without max_windows."""
+    return len(_stream(tokenizer, corpus, "test")) // (seq_len - bos)
+
+
 def eval_windows(corpus: str, tokenizer, seq_len: int, bos: int | None = None, max_windows: int = 0,
                  spread: bool = False):
     """Non-overlapping windows of the joined test text, remainder dropped → LongTensor (W, seq_len).
@@ -270,7 +276,7 @@ def eval_windows(corpus: str, tokenizer, seq_len: int, bos: int | None = None, m
     _check(max_windows or 1, seq_len)
     ids = _stream(tokenizer, corpus, "test")
     body = seq_len - (bos is not None)
-    count = len(ids) // body
+    count = window_count(corpus, tokenizer, seq_len, bos is not None)
     if count == 0:
         raise ValueError(f"corpus {corpus!r} has {len(ids)} tokens, fewer than one window of {seq_len}")
     windows = ids[:count * body].view(count, body)  # (count, body)

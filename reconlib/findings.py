@@ -124,7 +124,7 @@ def ppl(record: dict, corpus: str, windows: int) -> float:
 
 COLUMNS = ["model", "seed", "criterion", "sparsity", "seq_len", "refit", "allocation", "recon", "epochs", "n_calib", "self_gen", "extra_real",
            "final_error", "final_error_from1", "position0_share_%", "test_error_wikitext2", "test_error_ptb",
-           "ppl_wikitext2", "ppl_ptb", "seconds", "seconds_total", "peak_memory_mb", "cpu", "source", "windows"]
+           "ppl_wikitext2", "ppl_ptb", "seconds", "seconds_total", "peak_memory_mb", "cpu", "source", "windows", "window_len"]
 UNNAMED = "unnamed"  # the CPU of a record older than machine fingerprints
 
 
@@ -160,6 +160,9 @@ def row(record: dict, subset: int) -> dict:
     # the per-window values the evaluation metrics are means of, for the bootstrap over windows (robust.py)
     out["windows"] = {f"ppl_{k}": nll_windows(record, k, subset) for k in record["ppl_windows"]} | \
         {f"test_error_{k}": v for k, v in record.get("test_error_windows", {}).items()}
+    # and their length in tokens, for how many such windows the whole test set holds (robust.sizing)
+    out["window_len"] = {m: c["seq_len"] if m.startswith("test_error_") else c.get("eval_len") or c["seq_len"]
+                         for m in out["windows"]}
     return out
 
 

@@ -51,9 +51,11 @@ GRIDS = {
                 # lr 1e-3 makes Adam end above its start on Gemma 3 (block 0's error 1.9 → 4.7): the paper's 2e-4
                 lr={"gemma3-270m": 2e-4},
                 fewer={"gemma3-270m": (0, 1, 2)},
-                # perplexity at a 512-token context on 80 windows spread over each test set (41k tokens): the
-                # fewest for which which-windows is at most 10% of a deciding part's variance (the evidence page,
-                # reconlib.robust); 10 seeds on finding 2's pair, where one seed less flipped both models' verdicts
+                # perplexity at a 512-token context on 80 windows spread over each test set (41k tokens), sized on
+                # the earlier 32 × 128 runs by a rule that held the seeds' variance fixed; on the runs themselves
+                # the deciding parts need more (robust.sizing, the evidence page), at a cost beyond the budget, so
+                # the verdicts' window bootstrap carries it; 10 seeds on finding 2's pair, where one seed less
+                # flipped both models' verdicts
                 evaluation=dict(eval_len=512, max_eval_windows=80), pair_seeds=tuple(range(10)),
                 # from a quarter of the book's 8k calibration tokens to a quarter of the paper's 262k; Gemma 3 at
                 # the two cheapest new points. `hours` prices these at 15.6 CPU-hours, inside the 16 the ladder may

@@ -1,12 +1,13 @@
 """Markdown tables for the book, generated from the run records (never typed in)."""
 from __future__ import annotations
 
+import functools
 import time
 from collections import Counter
 
 import pandas as pd
 
-from . import findings, grid, provenance, records, robust, stats, stopping, verify
+from . import data, findings, grid, models, provenance, records, robust, stats, stopping, verify
 from . import paper as paper_
 from .config import SCHEMES
 
@@ -18,7 +19,7 @@ def assessed(profile: str) -> list[dict]:
     for model in grid.grid(profile).models:
         for df, judge, key in stopping.every_recipe(profile, model):
             v = judge(df)
-            out.append({"model": model, "verdict": v, "mixed": findings.mixed_pairs(df, key),
+            out.append({"model": model, "verdict": v, "mixed": findings.mixed_pairs(df, key), "recipe": (df, judge),
                         "robust": robust.assess(df, judge, key, model) if v["verdict"] != stats.NONE else None})
     return out
 
@@ -233,11 +234,17 @@ def robust_markdown(profile: str = "cpu", rows: list[dict] | None = None) -> str
                        "shift that flips": f"{100 * delta:.2g}% ({arm})" if arm is not None else "> 100%",
                        "kernel band": f"{100 * a['band']:.2g}%" if a["band"] is not None else "not measured",
                        "robust": "yes" if a["robust"] else "no"})
+        sized = robust.sizing(*r["recipe"], population(r["model"]))
         for part, share in a["windows"]["share"].items():
+            z = sized.get(part)
             shares.append({"finding": findings.number(v), "model": r["model"], "part": part,
-                           "deciding": "yes" if part == deciding else "", "window share %": round(100 * share, 1)})
+                           "deciding": "yes" if part == deciding else "", "n": z["n"] if z else "",
+                           "share %": round(100 * share, 1),
+                           "windows now": z["windows"] if z else "",
+                           f"for {100 * robust.SHARE:.0f}%": _needed(z) if z else "",
+                           "whole set": z["population"] or "" if z else "", "_length": z["length"] if z else None})
     mixed = _mixed(rows)
-    cost = evaluation_cost(profile)
+    cost = evaluation_cost(profile, shares)
     return ("Each verdict's four checks (reconlib/robust.py). *exact p*: the sign-flip test of the deciding part, "
             "over all 2ⁿ sign assignments; *needed*: the fewest seeds at which that test can say the verdict at all. "
             "*Without one seed*: the seeds whose removal changes it. *Window draws kept*: the share of "
@@ -249,12 +256,39 @@ def robust_markdown(profile: str = "cpu", rows: list[dict] | None = None) -> str
             "survive one arm's metrics each moved by its own band, in the worse direction.\n\n"
             + (pd.DataFrame(checks).to_markdown(index=False) if checks else "No verdict has runs yet.")
             + "\n\n**How much of a change comes from which windows were evaluated.** For each part with evaluation "
-            "windows: the variance of its mean change over the window bootstraps, as a share of that plus the "
-            f"variance over seeds divided by n. The evaluation is sized so that deciding parts stay under "
-            f"{100 * robust.SHARE:.0f}% (grid.py).\n\n"
-            + (pd.DataFrame(shares).to_markdown(index=False) if shares else "No part has evaluation windows yet.")
+            "windows, at its n seeds: *share*, the variance of its mean change over the window bootstraps, as a share "
+            "of that plus the variance over seeds divided by n (the target is at most "
+            f"{100 * robust.SHARE:.0f}% on every deciding part). *for {100 * robust.SHARE:.0f}%*: the fewest windows "
+            "that would bring the share there at the same n, from a two-way split of the per-(seed, window) changes "
+            "into a seed effect, a window effect and their interaction (robust.share_at). More windows shrink the "
+            "last two but not the first, so where the seeds agree it takes most of the *whole set*, the test set's "
+            "windows at that length, which leave no choice of windows at all.\n\n"
+            + (pd.DataFrame(shares).drop(columns="_length").to_markdown(index=False) if shares
+               else "No part has evaluation windows yet.")
             + "\n\n" + cost + "\n\n**Pairs that mix code versions or CPU models**"
             + (":\n\n" + mixed.to_markdown(index=False) if len(mixed) else ": none.") + "\n")
+
+
+def _needed(z: dict) -> str:
+    if z["needed"] is None:
+        return "none short of all"
+    return "all" if z["population"] and z["needed"] >= z["population"] else str(z["needed"])
+
+
+@functools.cache
+def _tokenizer(model: str):
+    """(its tokenizer, whether its windows start with BOS), as its runs cut their windows."""
+    loaded, tokenizer = models.load_model(model)
+    return tokenizer, models.needs_bos(loaded)
+
+
+def population(model: str):
+    """(metric, tokens a window) → how many such windows the metric's whole test set holds: the N that
+    robust.windows_needed sizes against."""
+    def count(metric: str, length: int) -> int:
+        tokenizer, bos = _tokenizer(model)
+        return data.window_count(metric.removeprefix("ppl_").removeprefix("test_error_"), tokenizer, length, bos)
+    return count
 
 
 def _mixed(rows: list[dict]) -> pd.DataFrame:
@@ -269,19 +303,41 @@ def _mixed(rows: list[dict]) -> pd.DataFrame:
     return out[["finding"] + by]
 
 
-def evaluation_cost(profile: str) -> str:
-    """What the verdict runs' evaluation costs a run, per model, from their records."""
+def evaluation_cost(profile: str, shares: list[dict] | None = None) -> str:
+    """What the verdict runs' evaluation costs a run, per model, from their records; with the robustness page's
+    `shares` rows, also what the windows the deciding parts need would cost, run and grid."""
     g = grid.grid(profile)
     if not g.evaluation:
         return ""
-    rows = []
+    rows, label = [], f"for {100 * robust.SHARE:.0f}%"
     for model in g.models:
-        done = [r for r in findings.read(grid.overfitting_cells(profile, model), progress=False)]
-        if done:
-            seconds = [sum(v for k, v in r["seconds"].items() if k.startswith("ppl_")) for r in done]
-            rows.append({"model": model, "runs": len(done), "perplexity s a run": round(sum(seconds) / len(seconds)),
-                         "of the run %": round(100 * sum(seconds) / sum(r["seconds"]["total"] for r in done), 1)})
+        cells = grid.overfitting_cells(profile, model) + sum(grid.self_gen_cells(profile, model).values(), [])
+        done = findings.read(cells, progress=False)
+        if not done:
+            continue
+        seconds = [sum(v for k, v in r["seconds"].items() if k.startswith("ppl_")) for r in done]
+        windows = sum(len(v) for r in done for v in r["ppl_windows"].values())
+        row = {"model": model, "runs": len(done), "perplexity s a run": round(sum(seconds) / len(seconds)),
+               "s a window": round(sum(seconds) / windows, 2),
+               "of the run %": round(100 * sum(seconds) / sum(r["seconds"]["total"] for r in done), 1)}
+        # the most windows a deciding perplexity part asks for, on each test set (all: the whole set)
+        need = {}
+        for z in shares or []:
+            if z["model"] == model and z["deciding"] and z["part"].split(",")[0].endswith("perplexity") and z[label] \
+                    and z["_length"] == g.evaluation["eval_len"]:  # not finding 4's, read at the earlier 32 × 128
+                corpus = z["part"].split(" perplexity")[0]
+                n = z["whole set"] if z[label] in ("all", "none short of all") else int(z[label])
+                need[corpus] = max(need.get(corpus, 0), n)
+        if need:
+            now = g.evaluation["max_eval_windows"] * len(done[0]["ppl_windows"])
+            more = sum(need.values()) + g.evaluation["max_eval_windows"] * (len(done[0]["ppl_windows"]) - len(need))
+            run = sum(r["seconds"]["total"] for r in done) / len(done) + (more - now) * sum(seconds) / windows
+            row |= {"windows: now → needed": f"{now} → {more}", "CPU-h, all runs at that": round(len(cells) * run / 3600, 1)}
+        rows.append(row)
     e = g.evaluation
     return (f"**The evaluation's cost.** Perplexity at a {e['eval_len']}-token context on {e['max_eval_windows']} "
-            f"windows spread over each test set, one thread:\n\n"
+            f"windows spread over each test set, one thread, in findings 2 and 3's runs so far. *needed*: the windows "
+            f"over both test sets that would bring every deciding perplexity part to {100 * robust.SHARE:.0f}% (the "
+            "most any part asks for on each set); *CPU-h*: what all of the grid's runs of findings 2 and 3 would "
+            "cost with them:\n\n"
             + (pd.DataFrame(rows).to_markdown(index=False) if rows else "no verdict run yet."))

@@ -124,6 +124,87 @@ def window_draws(df: pd.DataFrame, verdict, draws: int = DRAWS, seed: int = 0) -
     return {"keep": kept / draws, "share": share, "metrics": sorted(matrices)}
 
 
+# ------------------------------------------------------------------ 3'. how many windows
+def window_changes(df: pd.DataFrame, verdict) -> dict[str, np.ndarray]:
+    """part → its (seeds, windows) per-window changes, whose mean over the windows is each seed's change.
+
+    Each run's metric is replaced by one window's share of it, linearized so that the windows' mean is the
+    metric itself: a test error's window as it is, a perplexity's P · (1 + nll_w − mean nll) (first order of
+    exp around the mean NLL; a window's own exp(nll_w) would weigh hard windows by their perplexity)."""
+    from .findings import METRICS
+
+    v = verdict(df)
+    matrices = {m: x for m, x in _windows(df).items() if any(name.startswith(METRICS[m]) for name in v["tests"])}
+    per = {}
+    for m, x in matrices.items():
+        full = _aggregate(m, x)
+        linear = full[:, None] * (1 + x - x.mean(1, keepdims=True)) if m.startswith("ppl_") else x
+        names = [name for name in v["tests"] if name.startswith(METRICS[m])]
+        columns = {name: [] for name in names}
+        for w in range(x.shape[1]):
+            tests = verdict(df.assign(**{m: linear[:, w]}))["tests"]
+            for name in names:
+                columns[name].append(tests[name].changes)
+        per |= {name: np.array(c, dtype=float).T for name, c in columns.items() if len(c[0]) > 1}
+    return per
+
+
+def two_way(c: np.ndarray) -> tuple[float, float, float]:
+    """A (seeds, windows) table of changes c_sw = μ + a_s + b_w + e_sw → the variances (σ_a², σ_b², σ_e²) of the
+    seed effect, the window effect and their interaction, by the two-way ANOVA's expected mean squares (each
+    clipped at zero)."""
+    n, w = c.shape
+    seed, window, mean = c.mean(1), c.mean(0), c.mean()
+    e = c - seed[:, None] - window[None, :] + mean
+    ms_e = float((e ** 2).sum() / ((n - 1) * (w - 1)))
+    ms_seed, ms_window = w * float(seed.var(ddof=1)), n * float(window.var(ddof=1))
+    return max(0.0, (ms_seed - ms_e) / w), max(0.0, (ms_window - ms_e) / n), ms_e
+
+
+def share_at(var: tuple[float, float, float], n: int, windows: int, population: int | None = None) -> float:
+    """The share window_draws measures, predicted at n seeds and `windows` windows drawn from a test set of
+    `population` (None: unbounded). Which windows moves the mean change by (σ_b² + σ_e²/n)/W, shrunk by the
+    finite-population factor 1 − W/N (the whole set leaves nothing to choose); the seeds by (σ_a² + σ_e²/W)/n,
+    since a seed's change also carries its own windows' noise. Only the seeds' σ_a² does not shrink with W, so
+    when the seeds agree the share stays high at any W short of the whole set."""
+    a, b, e = var
+    window = (b + e / n) / windows * (1 - windows / population if population else 1.0)
+    seeds = (a + e / windows) / n
+    return window / (window + seeds) if window + seeds > 0 else 0.0
+
+
+def windows_needed(var: tuple[float, float, float], n: int, population: int | None = None,
+                   share: float = SHARE) -> int | None:
+    """The fewest windows W at which share_at(W) ≤ share (at most the population, where it is 0); None when no
+    finite W will do (no population given and the seeds agree). Solves (σ_b² + σ_e²/n)(1/W − 1/N) ≤
+    r (σ_a² + σ_e²/W) / n for W, with r = share / (1 − share)."""
+    a, b, e = var
+    r, q = share / (1 - share), b + e / n
+    top, bottom = n * q - r * e, r * a + (n * q / population if population else 0.0)
+    if top <= 0:
+        return 1
+    return math.ceil(top / bottom) if bottom > 0 else None
+
+
+def sizing(df: pd.DataFrame, verdict, population=None) -> dict[str, dict]:
+    """How many windows each part with evaluation windows would need for its share to be at most SHARE, at the
+    seeds it has now → part → {n, windows (now), length (tokens a window), share (share_at now), needed
+    (windows_needed), population}. population(metric, tokens a window) → how many windows the metric's whole
+    test set holds (None: unbounded)."""
+    from .findings import METRICS
+
+    out = {}
+    for name, c in window_changes(df, verdict).items():
+        metric = next(m for m, label in METRICS.items() if name.startswith(label))
+        lengths = {w[metric] for w in df.window_len} if "window_len" in df else set()
+        var, (n, w) = two_way(c), c.shape
+        length = lengths.pop() if len(lengths) == 1 else None
+        population_ = population(metric, length) if population and length else None
+        out[name] = {"n": n, "windows": w, "length": length, "share": share_at(var, n, w, population_),
+                     "needed": windows_needed(var, n, population_), "population": population_}
+    return out
+
+
 # ------------------------------------------------------------------ 4. kernels
 def _metrics(df: pd.DataFrame) -> list[str]:
     from .findings import METRICS

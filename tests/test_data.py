@@ -18,6 +18,14 @@ def test_eval_windows_are_the_joined_text_cut_without_overlap(tokenizer):
     assert w.flatten()[:300].tolist() == stream[:300]
 
 
+def test_window_count_is_how_many_windows_the_whole_test_set_gives(tokenizer):
+    for corpus, length, bos in [("ptb", 512, None), ("ptb", 512, 7), ("wikitext2", 128, None)]:
+        whole = data.eval_windows(corpus, tokenizer, length, bos=bos)
+        count = data.window_count(corpus, tokenizer, length, bos is not None)
+        assert count == whole.shape[0] and (count + 1) * (length - (bos is not None)) > len(data._stream(
+            tokenizer, corpus, "test")) >= count * (length - (bos is not None))
+
+
 def test_bos_is_prepended_to_every_window(tokenizer):
     w = data.eval_windows("ptb", tokenizer, 64, bos=7, max_windows=4)
     assert (w[:, 0] == 7).all() and w.shape == (4, 64)

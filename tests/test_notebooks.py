@@ -62,6 +62,20 @@ def test_notebook_runs_in_the_smoke_profile(nb_path, tmp_path, smoke_store, monk
     assert not errors
 
 
+def test_the_evidence_page_sizes_the_evaluation_from_the_smoke_store(smoke_store, monkeypatch):
+    """The robustness tables render from the store the notebooks filled (computing the runs if this runs alone),
+    with each part's windows now, the windows its share needs and the whole test set's count."""
+    from reconlib import data, grid, models, report
+
+    monkeypatch.setenv("RECONLIB_RESULTS", str(smoke_store))
+    monkeypatch.setenv("RECONLIB_COMPUTE", "1")
+    md = report.robust_markdown("smoke")
+    _, tokenizer = models.load_model("tiny-llama")
+    whole = data.window_count("wikitext2", tokenizer, grid.base("smoke").seq_len)  # its perplexity's windows
+    rows = [line for line in md.splitlines() if line.startswith("| 2 ") and "WikiText-2 perplexity" in line]
+    assert rows and all(line.split("|")[-2].strip() == str(whole) for line in rows), rows
+
+
 def test_the_set_up_cell_keeps_transformers_bars_off_the_page(monkeypatch):
     """A fresh machine converts the GGUF models on first use; the page that happens on must not show its bars."""
     from transformers.utils import logging

@@ -19,7 +19,8 @@ def pair_rows(cal, test, ppl_windows=None):
             nll = ppl_windows[recon][s] if ppl_windows else [np.log(30.0 + test[recon][s])] * 8
             rows.append({"model": "m", "seed": s, "criterion": "sparsegpt", "recon": recon, "final_error": cal[recon][s],
                          "test_error_wikitext2": test[recon][s], "ppl_wikitext2": float(np.exp(np.mean(nll))),
-                         "cpu": "c", "source": "v", "windows": {"ppl_wikitext2": list(nll)}})
+                         "cpu": "c", "source": "v", "windows": {"ppl_wikitext2": list(nll)},
+                         "window_len": {"ppl_wikitext2": 512}})
     return pd.DataFrame(rows)
 
 
@@ -313,3 +314,62 @@ def test_finding_1s_parts_read_the_calibration_errors_band_and_an_unnamed_part_t
                                    "calibration error, BR+GP → BR+GP+CR": None}}, metrics) == ["final_error",
                                                                                                "ppl_wikitext2"]
     assert robust._read({"tests": {"something else": None}}, metrics) == metrics
+
+
+# ------------------------------------------------------------------ how many windows
+def two_way_rows(rng, n, w, sd_seed, sd_window, sd_both, effect=0.02):
+    """Finding 2's rows whose CR arm changes each window's NLL by effect + a_seed + b_window + e_(seed, window)."""
+    base = np.log(30.0) + 0.3 * rng.standard_normal(w)          # how hard each window is, for both arms
+    a, b = sd_seed * rng.standard_normal(n), sd_window * rng.standard_normal(w)
+    e = sd_both * rng.standard_normal((n, w))
+    nll = {"br+gp": [list(base) for _ in range(n)], "br+gp+cr": [list(base + effect + a[s] + b + e[s]) for s in range(n)]}
+    cal = {"br+gp": [3.0] * n, "br+gp+cr": [2.0] * n}
+    return pair_rows(cal, {"br+gp": [10.0] * n, "br+gp+cr": [11.0] * n}, nll)
+
+
+PPL = "WikiText-2 perplexity, BR+GP → BR+GP+CR"
+
+
+def test_two_way_splits_an_additive_table_into_its_seed_and_window_effects():
+    rng = np.random.default_rng(2)
+    a, b = rng.standard_normal(6), 3 * rng.standard_normal(40)
+    var = robust.two_way(1.5 + a[:, None] + b[None, :])
+    assert var == pytest.approx((a.var(ddof=1), b.var(ddof=1), 0.0), abs=1e-12)
+    # on a large table drawn from the model, each variance comes back within sampling error
+    c = 0.5 * rng.standard_normal((60, 1))[:, [0] * 400] + 1.0 * rng.standard_normal(400) + 2.0 * rng.standard_normal((60, 400))
+    assert robust.two_way(c) == pytest.approx((0.25, 1.0, 4.0), rel=0.25)
+
+
+def test_windows_needed_is_the_first_window_count_at_the_target():
+    for var, n in [((0.3, 0.5, 4.0), 6), ((0.05, 0.2, 1.5), 10), ((1.0, 0.0, 1.0), 5)]:
+        w = robust.windows_needed(var, n)
+        assert robust.share_at(var, n, w) <= robust.SHARE < (robust.share_at(var, n, w - 1) if w > 1 else 1)
+        N = 2 * w
+        w_n = robust.windows_needed(var, n, N)  # a finite test set needs fewer: its last windows leave no choice
+        assert w_n <= w and robust.share_at(var, n, w_n, N) <= robust.SHARE < robust.share_at(var, n, w_n - 1, N)
+    assert robust.share_at((0.3, 0.5, 4.0), 6, 100, 100) == 0.0  # the whole set
+    assert robust.windows_needed((0.0, 0.5, 4.0), 6) is None      # seeds agree: no number of windows will do
+    w = robust.windows_needed((0.0, 0.5, 4.0), 6, 300)          # … short of nearly the whole set
+    assert 270 < w <= 300 and robust.share_at((0.0, 0.5, 4.0), 6, w, 300) <= robust.SHARE
+
+
+def test_the_sizing_predicts_the_share_a_bootstrap_measures():
+    """The share window_draws measures (30 seeds, so that the seeds' variance is itself measured well), averaged
+    over data sets drawn from the two-way model, is share_at of the model's variances, at the windows drawn and
+    at 8 times as many. When the seeds agree it stays high at 8×, where holding the seeds' term fixed and shrinking
+    the windows' as 1/W (the first sizing rule) puts it far lower."""
+    rng = np.random.default_rng(3)
+    n, mean = 30, {}
+    for sd_seed, w in [(0.02, 16), (0.0, 16), (0.0, 128)]:
+        var = (sd_seed ** 2, 0.03 ** 2, 0.1 ** 2)
+        measured = [robust.window_draws(two_way_rows(rng, n, w, *np.sqrt(var)), findings.verdict_overfitting, 40,
+                                        seed=k)["share"][PPL] for k in range(3)]
+        mean[sd_seed, w] = float(np.mean(measured))
+        assert mean[sd_seed, w] == pytest.approx(robust.share_at(var, n, w), abs=0.06), (sd_seed, w)
+        # and the sizing reads the same share back from one data set's per-window changes
+        sized = robust.sizing(two_way_rows(rng, n, w, *np.sqrt(var)), findings.verdict_overfitting,
+                              lambda metric, length: 10_000 if (metric, length) == ("ppl_wikitext2", 512) else 0)[PPL]
+        assert sized["n"] == n and sized["windows"] == w and sized["population"] == 10_000
+        assert sized["share"] == pytest.approx(robust.share_at(var, n, w, 10_000), abs=0.06), (sd_seed, w)
+    first_rule = mean[0.0, 16] / 8 / (mean[0.0, 16] / 8 + 1 - mean[0.0, 16])
+    assert mean[0.0, 128] > 0.5 > first_rule + 0.15
