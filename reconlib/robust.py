@@ -346,19 +346,22 @@ def _read(v: dict, metrics) -> list[str]:
 
 
 def flip_within_band(df: pd.DataFrame, verdict, key: str, bands: dict[str, float]) -> str | None:
-    """The arm whose metrics, each moved by its own kernel band in the worse direction (every combination of
-    signs over the metrics the verdict reads), change the verdict; None when no arm's do."""
+    """The arms whose metrics, each moved by its own kernel band in the worse direction (every combination of
+    signs over the metrics the verdict reads), change the verdict, as "a or b"; None when no arm's do. All of
+    them, since a reader weighs "moving LR" (a run without training) apart from "moving BR+GP+CR"."""
     v = verdict(df)
     metrics = [m for m in _read(v, _metrics(df)) if m in bands]
-    for arm in df[key].unique():
+
+    def flips(arm) -> bool:
         for signs in itertools.product((1, -1), repeat=len(metrics)):
             d = df.copy()
             rows = d[key] == arm
             for m, sign in zip(metrics, signs):
                 d.loc[rows, m] = d.loc[rows, m] * (1 + sign * bands[m])
             if verdict(d)["verdict"] != v["verdict"]:
-                return arm
-    return None
+                return True
+        return False
+    return " or ".join(str(arm) for arm in df[key].unique() if flips(arm)) or None
 
 
 # ------------------------------------------------------------------ together

@@ -303,8 +303,10 @@ def test_each_metric_is_moved_by_its_own_kernel_band(tmp_path, monkeypatch):
     # the same 7% on the perplexity swallows its ~3% rise
     a = kernels(final_error=0.07, test_error_wikitext2=0.001, ppl_wikitext2=0.07)
     assert not a["robust"] and any("within the kernel band" in r for r in a["reasons"])
+    # either arm moved by 7% swallows it, and the reason names both
     assert robust.flip_within_band(df, findings.verdict_overfitting, "recon",
-                                   {"ppl_wikitext2": 0.07}) is not None
+                                   {"ppl_wikitext2": 0.07}) == "br+gp or br+gp+cr"
+    assert robust.flip_within_band(df, findings.verdict_overfitting, "recon", {"ppl_wikitext2": 0.001}) is None
 
 
 def test_finding_1s_parts_read_the_calibration_errors_band_and_an_unnamed_part_the_widest():
