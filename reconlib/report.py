@@ -232,7 +232,7 @@ def robust_markdown(profile: str = "cpu", rows: list[dict] | None = None) -> str
                        "without one seed": "changes: " + ", ".join(map(str, a["loo"])) if a["loo"] else "same",
                        "window draws kept": f"{100 * a['windows']['keep']:.0f}%" if a["windows"]["metrics"] else "no windows",
                        "shift that flips": f"{100 * delta:.2g}% ({arm})" if arm is not None else "> 100%",
-                       "kernel band": f"{100 * a['band']:.2g}%" if a["band"] is not None else "not measured",
+                       "kernel band": _deciding_band(r["model"], deciding),
                        "robust": "yes" if a["robust"] else "no"})
         sized = robust.sizing(*r["recipe"], population(r["model"]))
         for part, share in a["windows"]["share"].items():
@@ -250,10 +250,10 @@ def robust_markdown(profile: str = "cpu", rows: list[dict] | None = None) -> str
             "*Without one seed*: the seeds whose removal changes it. *Window draws kept*: the share of "
             f"{robust.DRAWS} bootstraps of the evaluation windows (the same draw for every run) that keep it; robust "
             f"needs {100 * robust.KEEP:.0f}%. *Shift that flips*: the smallest relative change of one arm's metrics, "
-            "all seeds at once, that changes the verdict. *Kernel band*: the widest relative spread kernel code paths "
-            "make in a metric the verdict reads, in a cross-block run recomputed by the code that wrote it at its "
-            "writer's thread count, so that the kernels are the one difference (`records band`); robust needs the verdict to "
-            "survive one arm's metrics each moved by its own band, in the worse direction.\n\n"
+            "all seeds at once, that changes the verdict. *Kernel band*: the relative spread kernel code paths make in "
+            "the deciding part's metric, in a cross-block run recomputed by the code that wrote it at its writer's "
+            "thread count, so that the kernels are the one difference (`records band`); robust needs the verdict to "
+            "survive one arm's metrics, every one it reads moved by its own band, in the worse direction.\n\n"
             + (pd.DataFrame(checks).to_markdown(index=False) if checks else "No verdict has runs yet.")
             + "\n\n**How much of a change comes from which windows were evaluated.** For each part with evaluation "
             "windows, at its n seeds: *share*, the variance of its mean change over the window bootstraps, as a share "
@@ -267,6 +267,14 @@ def robust_markdown(profile: str = "cpu", rows: list[dict] | None = None) -> str
                else "No part has evaluation windows yet.")
             + "\n\n" + cost + "\n\n**Pairs that mix code versions or CPU models**"
             + (":\n\n" + mixed.to_markdown(index=False) if len(mixed) else ": none.") + "\n")
+
+
+def _deciding_band(model: str, part: str) -> str:
+    """The kernel band of the metric a verdict's deciding part reads (the column beside "shift that flips")."""
+    bands = robust.band(model)
+    if bands is None:
+        return "not measured"
+    return f"{100 * max(bands[m] for m in robust._read({'tests': {part: None}}, bands)):.2g}%"
 
 
 def _needed(z: dict) -> str:

@@ -375,3 +375,15 @@ def test_the_sizing_predicts_the_share_a_bootstrap_measures():
         assert sized["share"] == pytest.approx(robust.share_at(var, n, w, 10_000), abs=0.06), (sd_seed, w)
     first_rule = mean[0.0, 16] / 8 / (mean[0.0, 16] / 8 + 1 - mean[0.0, 16])
     assert mean[0.0, 128] > 0.5 > first_rule + 0.15
+
+
+def test_the_page_sets_the_deciding_parts_own_band_beside_the_shift_that_flips(tmp_path, monkeypatch):
+    """SmolLM2's calibration error moves 32% between kernel paths and its perplexity 0.4%: a perplexity verdict's
+    row shows 0.4%, not the widest band of all it reads."""
+    from reconlib import report
+
+    monkeypatch.setattr(robust, "BAND", tmp_path / "band.json")
+    assert report._deciding_band("m", "WikiText-2 perplexity, BR+GP → BR+GP+CR") == "not measured"
+    robust.BAND.write_text(json.dumps({"m": {"band": 0.32, "per_metric": {"final_error": 0.32, "ppl_wikitext2": 0.0042}}}))
+    assert report._deciding_band("m", "WikiText-2 perplexity, BR+GP → BR+GP+CR") == "0.42%"
+    assert report._deciding_band("m", "sparsegpt final error, BR+GP → BR+GP+CR") == "32%"
