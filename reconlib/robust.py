@@ -219,6 +219,8 @@ def flip_shift(df: pd.DataFrame, verdict, key: str, largest: float = 1.0) -> tup
     word, metrics = verdict(df)["verdict"], _metrics(df)
 
     def flips(arm, delta: float) -> bool:
+        if delta <= -1:  # an error or a perplexity at zero or below is no run's: relative changes divide by it
+            return False
         d = df.copy()
         rows = d[key] == arm
         d.loc[rows, metrics] = d.loc[rows, metrics] * (1 + delta)

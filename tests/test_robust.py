@@ -2,6 +2,7 @@
 book read together."""
 import itertools
 import json
+import math
 
 import numpy as np
 import pandas as pd
@@ -387,3 +388,17 @@ def test_the_page_sets_the_deciding_parts_own_band_beside_the_shift_that_flips(t
     robust.BAND.write_text(json.dumps({"m": {"band": 0.32, "per_metric": {"final_error": 0.32, "ppl_wikitext2": 0.0042}}}))
     assert report._deciding_band("m", "WikiText-2 perplexity, BR+GP → BR+GP+CR") == "0.42%"
     assert report._deciding_band("m", "sparsegpt final error, BR+GP → BR+GP+CR") == "32%"
+
+
+def test_the_shift_that_flips_never_moves_a_metric_to_zero_or_below():
+    """The shift grid ends at ±100%; −100% would put one arm's errors at zero, where finding 1's relative changes
+    divide. A verdict no shift flips (one seed: not separable whatever its numbers) walks the whole grid."""
+    cal, test = {"br+gp": [3.0], "br+gp+cr": [2.0]}, {"br+gp": [10.0], "br+gp+cr": [11.0]}
+    df = pair_rows(cal, test)
+    seen = []
+
+    def verdict(d):
+        seen.append(float(d[["final_error", "test_error_wikitext2", "ppl_wikitext2"]].min().min()))
+        return findings.verdict_overfitting(d)
+    assert verdict(df)["verdict"] == stats.NOISE
+    assert robust.flip_shift(df, verdict, "recon") == (math.inf, None) and min(seen) > 0
