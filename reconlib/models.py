@@ -137,9 +137,25 @@ def load_model(name_or_path: str = DEFAULT_MODEL, device: str = "cpu", dtype: to
     return model.to(device).eval(), tokenizer
 
 
+def load_tokenizer(name_or_path: str = DEFAULT_MODEL):
+    """The model's tokenizer without its weights → (tokenizer, whether its windows start with BOS), as
+    `load_model` and `needs_bos` give them: for counting a test set's windows without a GB of weights."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    if name_or_path.startswith("tiny-"):
+        family = name_or_path.removeprefix("tiny-")
+        if family not in TINY:
+            raise ValueError(f"unknown tiny family {family!r}: use one of {sorted(TINY)}")
+        kwargs = {k: v for k, v in TINY[family].items() if k != "attn_implementation"}
+        return AutoTokenizer.from_pretrained(resolve(DEFAULT_MODEL)), needs_bos(AutoConfig.for_model(**kwargs))
+    source = resolve(name_or_path)
+    return AutoTokenizer.from_pretrained(source), needs_bos(AutoConfig.from_pretrained(source))
+
+
 def needs_bos(model) -> bool:
-    """Gemma-family models are trained with BOS at the start of every sequence and degrade without it."""
-    return model.config.model_type.startswith("gemma")
+    """Gemma-family models are trained with BOS at the start of every sequence and degrade without it. Takes a
+    model or its config."""
+    return getattr(model, "config", model).model_type.startswith("gemma")
 
 
 TINY = {

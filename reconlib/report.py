@@ -219,7 +219,7 @@ def robust_markdown(profile: str = "cpu", rows: list[dict] | None = None) -> str
     """The evidence page's robustness tables: each verdict's four checks, the share of each part's variance that
     comes from which windows were evaluated, the evaluation's cost per run, and the pairs that mix versions."""
     rows = assessed(profile) if rows is None else rows
-    checks, shares = [], []
+    checks, shares, deciding_sizes = [], [], []
     for r in rows:
         a, v = r["robust"], r["verdict"]
         if a is None:
@@ -235,6 +235,8 @@ def robust_markdown(profile: str = "cpu", rows: list[dict] | None = None) -> str
                        "kernel band": _deciding_band(r["model"], deciding),
                        "robust": "yes" if a["robust"] else "no"})
         sized = robust.sizing(*r["recipe"], population(r["model"]))
+        if deciding in sized:
+            deciding_sizes.append(dict(sized[deciding], model=r["model"]))
         for part, share in a["windows"]["share"].items():
             z = sized.get(part)
             shares.append({"finding": findings.number(v), "model": r["model"], "part": part,
@@ -242,9 +244,9 @@ def robust_markdown(profile: str = "cpu", rows: list[dict] | None = None) -> str
                            "share %": round(100 * share, 1),
                            "windows now": z["windows"] if z else "",
                            f"for {100 * robust.SHARE:.0f}%": _needed(z) if z else "",
-                           "whole set": z["population"] or "" if z else "", "_length": z["length"] if z else None})
+                           "whole set": z["population"] or "" if z else ""})
     mixed = _mixed(rows)
-    cost = evaluation_cost(profile, shares)
+    cost = evaluation_cost(profile, deciding_sizes)
     return ("Each verdict's four checks (reconlib/robust.py). *exact p*: the sign-flip test of the deciding part, "
             "over all 2ⁿ sign assignments; *needed*: the fewest seeds at which that test can say the verdict at all. "
             "*Without one seed*: the seeds whose removal changes it. *Window draws kept*: the share of "
@@ -263,7 +265,7 @@ def robust_markdown(profile: str = "cpu", rows: list[dict] | None = None) -> str
             "into a seed effect, a window effect and their interaction (robust.share_at). More windows shrink the "
             "last two but not the first, so where the seeds agree it takes most of the *whole set*, the test set's "
             "windows at that length, which leave no choice of windows at all.\n\n"
-            + (pd.DataFrame(shares).drop(columns="_length").to_markdown(index=False) if shares
+            + (pd.DataFrame(shares).to_markdown(index=False) if shares
                else "No part has evaluation windows yet.")
             + "\n\n" + cost + "\n\n**Pairs that mix code versions or CPU models**"
             + (":\n\n" + mixed.to_markdown(index=False) if len(mixed) else ": none.") + "\n")
@@ -283,18 +285,14 @@ def _needed(z: dict) -> str:
     return "all" if z["population"] and z["needed"] >= z["population"] else str(z["needed"])
 
 
-@functools.cache
-def _tokenizer(model: str):
-    """(its tokenizer, whether its windows start with BOS), as its runs cut their windows."""
-    loaded, tokenizer = models.load_model(model)
-    return tokenizer, models.needs_bos(loaded)
+_tokenizer = functools.cache(models.load_tokenizer)
 
 
 def population(model: str):
     """(metric, tokens a window) → how many such windows the metric's whole test set holds: the N that
     robust.windows_needed sizes against."""
     def count(metric: str, length: int) -> int:
-        tokenizer, bos = _tokenizer(model)
+        tokenizer, bos = _tokenizer(model)  # as the model's runs cut their windows
         return data.window_count(metric.removeprefix("ppl_").removeprefix("test_error_"), tokenizer, length, bos)
     return count
 
@@ -311,13 +309,13 @@ def _mixed(rows: list[dict]) -> pd.DataFrame:
     return out[["finding"] + by]
 
 
-def evaluation_cost(profile: str, shares: list[dict] | None = None) -> str:
-    """What the verdict runs' evaluation costs a run, per model, from their records; with the robustness page's
-    `shares` rows, also what the windows the deciding parts need would cost, run and grid."""
+def evaluation_cost(profile: str, deciding: list[dict] | None = None) -> str:
+    """What the verdict runs' evaluation costs a run, per model, from their records; with the deciding parts'
+    robust.sizing (each with its model), also what the windows they need would cost, run and grid."""
     g = grid.grid(profile)
     if not g.evaluation:
         return ""
-    rows, label = [], f"for {100 * robust.SHARE:.0f}%"
+    rows = []
     for model in g.models:
         cells = grid.overfitting_cells(profile, model) + sum(grid.self_gen_cells(profile, model).values(), [])
         done = findings.read(cells, progress=False)
@@ -330,12 +328,11 @@ def evaluation_cost(profile: str, shares: list[dict] | None = None) -> str:
                "of the run %": round(100 * sum(seconds) / sum(r["seconds"]["total"] for r in done), 1)}
         # the most windows a deciding perplexity part asks for, on each test set (all: the whole set)
         need = {}
-        for z in shares or []:
-            if z["model"] == model and z["deciding"] and z["part"].split(",")[0].endswith("perplexity") and z[label] \
-                    and z["_length"] == g.evaluation["eval_len"]:  # not finding 4's, read at the earlier 32 × 128
-                corpus = z["part"].split(" perplexity")[0]
-                n = z["whole set"] if z[label] in ("all", "none short of all") else int(z[label])
-                need[corpus] = max(need.get(corpus, 0), n)
+        for z in deciding or []:
+            if z["model"] == model and z["metric"].startswith("ppl_") and z["population"] \
+                    and z["length"] == g.evaluation["eval_len"]:  # not finding 4's, read at the earlier 32 × 128
+                n = z["population"] if z["needed"] is None else min(z["needed"], z["population"])
+                need[z["metric"]] = max(need.get(z["metric"], 0), n)
         if need:
             now = g.evaluation["max_eval_windows"] * len(done[0]["ppl_windows"])
             more = sum(need.values()) + g.evaluation["max_eval_windows"] * (len(done[0]["ppl_windows"]) - len(need))

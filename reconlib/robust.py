@@ -94,14 +94,28 @@ def _aggregate(metric: str, values: np.ndarray) -> np.ndarray:
     return np.exp(values.mean(1)) if metric.startswith("ppl_") else values.mean(1)
 
 
+def part_metric(name: str) -> str | None:
+    """The metric a verdict's part reads, from its name ("WikiText-2 perplexity, BR+GP → BR+GP+CR", "wanda BR+GP:
+    WikiText-2 perplexity, uniform → OWL"); finding 1 names the calibration error "<criterion> final error,
+    LR → BR". None where it names none. No metric's label is part of another's."""
+    from .findings import METRICS
+
+    named = next((m for m, label in METRICS.items() if label in name), None)
+    return named or ("final_error" if "final error" in name else None)
+
+
+def _read_windows(df: pd.DataFrame, v: dict) -> dict[str, np.ndarray]:
+    """_windows of only the metrics the verdict's parts read (finding 1 reads the calibration error, which has
+    no windows)."""
+    read = {part_metric(name) for name in v["tests"]}
+    return {m: x for m, x in _windows(df).items() if m in read}
+
+
 def window_draws(df: pd.DataFrame, verdict, draws: int = DRAWS, seed: int = 0) -> dict:
     """The verdict on `draws` bootstraps of the evaluation windows → {keep (share of draws with the same verdict),
     share: {part: the share of its mean change's variance that comes from which windows}, metrics: resampled}."""
-    from .findings import METRICS
-
     v = verdict(df)
-    # only the metrics the verdict's parts read (finding 1 reads the calibration error, which has no windows)
-    matrices = {m: x for m, x in _windows(df).items() if any(name.startswith(METRICS[m]) for name in v["tests"])}
+    matrices = _read_windows(df, v)
     if not matrices:
         return {"keep": 1.0, "share": {}, "metrics": []}
     rng = np.random.default_rng(seed)
@@ -117,7 +131,7 @@ def window_draws(df: pd.DataFrame, verdict, draws: int = DRAWS, seed: int = 0) -
                 means[name].append(float(np.mean(part.changes)))
     share = {}
     for name, part in v["tests"].items():
-        if len(part.changes) > 1 and any(name.startswith(METRICS[m]) for m in matrices):
+        if len(part.changes) > 1 and part_metric(name) in matrices:
             window_var, seed_var = float(np.var(means[name], ddof=1)), float(np.var(part.changes, ddof=1))
             total = window_var + seed_var / len(part.changes)
             share[name] = window_var / total if total > 0 else 0.0  # identical runs: nothing varies
@@ -131,15 +145,13 @@ def window_changes(df: pd.DataFrame, verdict) -> dict[str, np.ndarray]:
     Each run's metric is replaced by one window's share of it, linearized so that the windows' mean is the
     metric itself: a test error's window as it is, a perplexity's P · (1 + nll_w − mean nll) (first order of
     exp around the mean NLL; a window's own exp(nll_w) would weigh hard windows by their perplexity)."""
-    from .findings import METRICS
-
     v = verdict(df)
-    matrices = {m: x for m, x in _windows(df).items() if any(name.startswith(METRICS[m]) for name in v["tests"])}
+    matrices = _read_windows(df, v)
     per = {}
     for m, x in matrices.items():
         full = _aggregate(m, x)
         linear = full[:, None] * (1 + x - x.mean(1, keepdims=True)) if m.startswith("ppl_") else x
-        names = [name for name in v["tests"] if name.startswith(METRICS[m])]
+        names = [name for name in v["tests"] if part_metric(name) == m]
         columns = {name: [] for name in names}
         for w in range(x.shape[1]):
             tests = verdict(df.assign(**{m: linear[:, w]}))["tests"]
@@ -188,19 +200,17 @@ def windows_needed(var: tuple[float, float, float], n: int, population: int | No
 
 def sizing(df: pd.DataFrame, verdict, population=None) -> dict[str, dict]:
     """How many windows each part with evaluation windows would need for its share to be at most SHARE, at the
-    seeds it has now → part → {n, windows (now), length (tokens a window), share (share_at now), needed
+    seeds it has now → part → {metric, n, windows (now), length (tokens a window), share (share_at now), needed
     (windows_needed), population}. population(metric, tokens a window) → how many windows the metric's whole
     test set holds (None: unbounded)."""
-    from .findings import METRICS
-
     out = {}
     for name, c in window_changes(df, verdict).items():
-        metric = next(m for m, label in METRICS.items() if name.startswith(label))
+        metric = part_metric(name)
         lengths = {w[metric] for w in df.window_len} if "window_len" in df else set()
         var, (n, w) = two_way(c), c.shape
         length = lengths.pop() if len(lengths) == 1 else None
         population_ = population(metric, length) if population and length else None
-        out[name] = {"n": n, "windows": w, "length": length, "share": share_at(var, n, w, population_),
+        out[name] = {"metric": metric, "n": n, "windows": w, "length": length, "share": share_at(var, n, w, population_),
                      "needed": windows_needed(var, n, population_), "population": population_}
     return out
 
@@ -337,13 +347,8 @@ def _read(v: dict, metrics) -> list[str]:
     """The metrics among `metrics` that the verdict's parts read, by the part's name: finding 1 names the
     calibration error "<criterion> final error, LR → BR"; a verdict whose parts name none reads them all
     (the widest band then applies: never a band of 0 by a name missed)."""
-    from .findings import METRICS
-
-    def labels(m):
-        return (METRICS[m],) + (("final error",) if m == "final_error" else ())
-
     metrics = list(metrics)
-    read = [m for m in metrics if any(label in name for name in v["tests"] for label in labels(m))]
+    read = [m for m in metrics if any(part_metric(name) == m for name in v["tests"])]
     return read or metrics
 
 

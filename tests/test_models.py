@@ -74,6 +74,17 @@ def test_embedded_model_loads_from_the_cache_and_predicts(smollm):
     assert not models.needs_bos(model)
 
 
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-gemma3", models.DEFAULT_MODEL])
+def test_the_tokenizer_alone_is_the_one_the_model_loads_with(name):
+    """Counting a test set's windows reads the tokenizer and the BOS rule without the weights; both must be the
+    ones the model's runs cut their windows with."""
+    model, tokenizer = models.load_model(name)
+    alone, bos = models.load_tokenizer(name)
+    text = "The tower is 324 metres tall, about the same height as an 81-storey building."
+    assert alone(text).input_ids == tokenizer(text).input_ids and alone.bos_token_id == tokenizer.bos_token_id
+    assert bos == models.needs_bos(model) == (name == "tiny-gemma3")
+
+
 def test_a_block_by_block_run_equals_the_in_memory_one(tmp_path):
     """lazy.load keeps only the embeddings and head in memory; each block is read from the safetensors when its
     unit starts and written out once the streams pass it. Same errors, same weights, a loadable HF folder."""

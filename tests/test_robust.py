@@ -319,6 +319,18 @@ def test_finding_1s_parts_read_the_calibration_errors_band_and_an_unnamed_part_t
     assert robust._read({"tests": {"something else": None}}, metrics) == metrics
 
 
+def test_each_parts_name_gives_the_metric_it_reads():
+    """One lookup serves the window draws, the sizing and the bands, for every way the findings name a part."""
+    names = {"WikiText-2 perplexity, BR+GP → BR+GP+CR": "ppl_wikitext2",          # findings 2 and 3
+             "PTB test error, real → generated": "test_error_ptb",
+             "calibration error, BR+GP → BR+GP+CR": "final_error",
+             "sparsegpt final error, LR → BR": "final_error",                   # finding 1
+             "wanda BR+GP: WikiText-2 perplexity, uniform → OWL": "ppl_wikitext2",  # the OWL section
+             "wanda: OWL's perplexity gain, LR minus BR+GP": None}
+    assert {name: robust.part_metric(name) for name in names} == names
+    assert set(findings.METRICS) == {robust.part_metric(label) for label in findings.METRICS.values()}
+
+
 # ------------------------------------------------------------------ how many windows
 def two_way_rows(rng, n, w, sd_seed, sd_window, sd_both, effect=0.02):
     """Finding 2's rows whose CR arm changes each window's NLL by effect + a_seed + b_window + e_(seed, window)."""
