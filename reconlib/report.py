@@ -309,6 +309,17 @@ def _mixed(rows: list[dict]) -> pd.DataFrame:
     return out[["finding"] + by]
 
 
+def unloaded(done: list[dict]) -> tuple[float, list[float], list[float]]:
+    """Runs' records → (seconds a perplexity window, each run's perplexity seconds, each run's total seconds) as on
+    cores of their own. The records time the runs beside whatever else shared their cores (up to 4.5x slower on
+    this store); interference only slows a run, so the fastest run's rate is the CPU's own, and each run's times
+    are divided by its evaluation's slowdown against it."""
+    seconds = [sum(v for k, v in r["seconds"].items() if k.startswith("ppl_")) for r in done]
+    rates = [t / sum(len(v) for v in r["ppl_windows"].values()) for t, r in zip(seconds, done)]
+    slow = [x / min(rates) for x in rates]
+    return min(rates), [t / f for t, f in zip(seconds, slow)], [r["seconds"]["total"] / f for r, f in zip(done, slow)]
+
+
 def evaluation_cost(profile: str, deciding: list[dict] | None = None) -> str:
     """What the verdict runs' evaluation costs a run, per model, from their records; with the deciding parts'
     robust.sizing (each with its model), also what the windows they need would cost, run and grid."""
@@ -321,11 +332,9 @@ def evaluation_cost(profile: str, deciding: list[dict] | None = None) -> str:
         done = findings.read(cells, progress=False)
         if not done:
             continue
-        seconds = [sum(v for k, v in r["seconds"].items() if k.startswith("ppl_")) for r in done]
-        windows = sum(len(v) for r in done for v in r["ppl_windows"].values())
+        rate, seconds, totals = unloaded(done)
         row = {"model": model, "runs": len(done), "perplexity s a run": round(sum(seconds) / len(seconds)),
-               "s a window": round(sum(seconds) / windows, 2),
-               "of the run %": round(100 * sum(seconds) / sum(r["seconds"]["total"] for r in done), 1)}
+               "s a window": round(rate, 2), "of the run %": round(100 * sum(seconds) / sum(totals), 1)}
         # the most windows a deciding perplexity part asks for, on each test set (all: the whole set)
         need = {}
         for z in deciding or []:
@@ -336,12 +345,14 @@ def evaluation_cost(profile: str, deciding: list[dict] | None = None) -> str:
         if need:
             now = g.evaluation["max_eval_windows"] * len(done[0]["ppl_windows"])
             more = sum(need.values()) + g.evaluation["max_eval_windows"] * (len(done[0]["ppl_windows"]) - len(need))
-            run = sum(r["seconds"]["total"] for r in done) / len(done) + (more - now) * sum(seconds) / windows
+            run = sum(totals) / len(totals) + (more - now) * rate
             row |= {"windows: now → needed": f"{now} → {more}", "CPU-h, all runs at that": round(len(cells) * run / 3600, 1)}
         rows.append(row)
     e = g.evaluation
     return (f"**The evaluation's cost.** Perplexity at a {e['eval_len']}-token context on {e['max_eval_windows']} "
-            f"windows spread over each test set, one thread, in findings 2 and 3's runs so far. *needed*: the windows "
+            f"windows spread over each test set, one thread, in findings 2 and 3's runs so far, at the fastest run's "
+            "rate: each run's times are divided by how much slower than that its evaluation ran, since other jobs "
+            "on its cores only slow a run. *needed*: the windows "
             f"over both test sets that would bring every deciding perplexity part to {100 * robust.SHARE:.0f}% (the "
             "most any part asks for on each set); *CPU-h*: what all of the grid's runs of findings 2 and 3 would "
             "cost with them:\n\n"

@@ -414,3 +414,19 @@ def test_the_shift_that_flips_never_moves_a_metric_to_zero_or_below():
         return findings.verdict_overfitting(d)
     assert verdict(df)["verdict"] == stats.NOISE
     assert robust.flip_shift(df, verdict, "recon") == (math.inf, None) and min(seen) > 0
+
+
+def test_the_evaluations_cost_is_read_at_the_rate_of_cores_of_its_own():
+    """Two runs of the same work, one timed while another job shared its cores (3x slower throughout): the cost
+    is the unloaded one, whichever run it is read from."""
+    from reconlib import report
+
+    def run(slowdown, windows=80):
+        ppl = {"ppl_wikitext2": 2.0 * windows * slowdown, "ppl_ptb": 2.0 * windows * slowdown}
+        return {"seconds": ppl | {"total": 700.0 * slowdown}, "ppl_windows": {m: [0.0] * windows for m in ppl}}
+
+    rate, seconds, totals = report.unloaded([run(3.0), run(1.0)])
+    assert rate == 2.0 and seconds == [320.0, 320.0] and totals == [700.0, 700.0]
+    # a run that reads more windows is no slower for it
+    rate, seconds, totals = report.unloaded([run(1.0, windows=40), run(1.0)])
+    assert rate == 2.0 and seconds == [160.0, 320.0] and totals == [700.0, 700.0]
