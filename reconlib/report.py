@@ -329,7 +329,7 @@ def evaluation_cost(profile: str, deciding: list[dict] | None = None) -> str:
     rows = []
     for model in g.models:
         cells = grid.overfitting_cells(profile, model) + sum(grid.self_gen_cells(profile, model).values(), [])
-        done = findings.read(cells, progress=False)
+        done = [r for r in findings.read(cells, progress=False) if any(r.get("ppl_windows", {}).values())]
         if not done:
             continue
         rate, seconds, totals = unloaded(done)
