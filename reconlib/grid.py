@@ -58,8 +58,9 @@ GRIDS = {
                 # flipped both models' verdicts
                 evaluation=dict(eval_len=512, max_eval_windows=80), pair_seeds=tuple(range(10)),
                 # from a quarter of the book's 8k calibration tokens to a quarter of the paper's 262k; Gemma 3 at
-                # the two cheapest new points. `hours` prices these at 15.6 CPU-hours, inside the 16 the ladder may
-                # spend; 256 × 512 (half the paper's tokens) would add 10.1 for its 3 seeds, so it is left out
+                # the two cheapest new points. `hours` prices these at 13.1 CPU-hours on cores of their own, inside
+                # the 16 the ladder may spend; 256 × 512 (half the paper's tokens) would add 8.3 for its 3 seeds, so
+                # it is left out
                 ladder={"smollm2-135m": ((16, 128), (256, 128), (64, 512), (256, 256)),
                         "gemma3-270m": ((16, 128), (256, 128))}, baselines=True,
                 # 16 windows × 8 epochs: the book's 64 Adam steps a unit on a quarter of its windows, where the
@@ -148,19 +149,42 @@ def setup(namespace: dict, fixed: tuple = (), single: bool = False) -> str:
     return name
 
 
+def slowdowns(done: list[dict]) -> list[float]:
+    """How much slower than on cores of its own each record's run went: the records time runs beside whatever else
+    shared their cores (2-4x slower on this store while tests or kernel recomputations ran beside the grid).
+    Interference only slows a run, so each record's perplexity seconds a window over the fastest of its kind (the
+    same model, window length and CPU) measures it; that phase stands for the whole run."""
+    def rate(r):
+        windows = sum(len(v) for v in r.get("ppl_windows", {}).values())
+        return sum(v for k, v in r["seconds"].items() if k.startswith("ppl_")) / windows if windows else None
+
+    def kind(r):
+        c, m = r["config"], r.get("machine", {})
+        return c["model"], c.get("eval_len") or c["seq_len"], m.get("cpu_model"), m.get("cpu_capability")
+
+    rates = [rate(r) for r in done]
+    fastest = {}
+    for r, x in zip(done, rates):
+        if x:
+            fastest[kind(r)] = min(x, fastest.get(kind(r), x))
+    return [x / fastest[kind(r)] if x else 1.0 for r, x in zip(done, rates)]
+
+
 def hours(todo: list[RunConfig]) -> float:
-    """About how many CPU-hours (one thread) `todo` takes: each run's `cost` at its model's rate, the median
-    seconds per unit of cost over the records at hand (the book's committed store where there are none), or the
-    median over all of them for a model they do not hold."""
+    """About how many CPU-hours (one thread, on cores of its own) `todo` takes: each run's `cost` at its model's
+    rate, the median seconds per unit of cost over the records at hand (the book's committed store where there are
+    none) with each record's time divided by its `slowdowns`, or the median over all of them for a model they do
+    not hold."""
     from . import records
 
-    done = [r for r in records.all_records() if r.get("config")]
+    done = [r for r in records.all_records() if r.get("config") and "total" in r.get("seconds", {})]
     if not done:  # a reader's empty results folder: the rates of the book's store, where it is
         book = Path(__file__).resolve().parents[1] / "book" / "records"
-        done = list(records.read_all(f for f in sorted(book.glob("*.json")) if not f.name.startswith("dense-")).values())
+        done = [r for f, r in records.read_all(f for f in sorted(book.glob("*.json"))
+                                               if not f.name.startswith("dense-")).items() if "total" in r["seconds"]]
     rates = {}
-    for r in done:
-        rates.setdefault(r["config"]["model"], []).append(r["seconds"]["total"] / cost(from_dict(r["config"])))
+    for r, slow in zip(done, slowdowns(done)):
+        rates.setdefault(r["config"]["model"], []).append(r["seconds"]["total"] / slow / cost(from_dict(r["config"])))
     median = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
     overall = median([x for xs in rates.values() for x in xs]) if rates else 300.0  # SmolLM2's, where none
     return sum(cost(c) * (median(rates[c.model]) if c.model in rates else overall) for c in todo) / 3600

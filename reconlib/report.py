@@ -311,13 +311,11 @@ def _mixed(rows: list[dict]) -> pd.DataFrame:
 
 def unloaded(done: list[dict]) -> tuple[float, list[float], list[float]]:
     """Runs' records → (seconds a perplexity window, each run's perplexity seconds, each run's total seconds) as on
-    cores of their own. The records time the runs beside whatever else shared their cores (up to 4.5x slower on
-    this store); interference only slows a run, so the fastest run's rate is the CPU's own, and each run's times
-    are divided by its evaluation's slowdown against it."""
-    seconds = [sum(v for k, v in r["seconds"].items() if k.startswith("ppl_")) for r in done]
-    rates = [t / sum(len(v) for v in r["ppl_windows"].values()) for t, r in zip(seconds, done)]
-    slow = [x / min(rates) for x in rates]
-    return min(rates), [t / f for t, f in zip(seconds, slow)], [r["seconds"]["total"] / f for r, f in zip(done, slow)]
+    cores of their own: each run's times divided by its grid.slowdowns, the rate the fastest run's."""
+    slow = grid.slowdowns(done)
+    seconds = [sum(v for k, v in r["seconds"].items() if k.startswith("ppl_")) / f for r, f in zip(done, slow)]
+    rate = min(t / sum(len(v) for v in r["ppl_windows"].values()) for t, r in zip(seconds, done))
+    return rate, seconds, [r["seconds"]["total"] / f for r, f in zip(done, slow)]
 
 
 def evaluation_cost(profile: str, deciding: list[dict] | None = None) -> str:
@@ -350,9 +348,9 @@ def evaluation_cost(profile: str, deciding: list[dict] | None = None) -> str:
         rows.append(row)
     e = g.evaluation
     return (f"**The evaluation's cost.** Perplexity at a {e['eval_len']}-token context on {e['max_eval_windows']} "
-            f"windows spread over each test set, one thread, in findings 2 and 3's runs so far, at the fastest run's "
-            "rate: each run's times are divided by how much slower than that its evaluation ran, since other jobs "
-            "on its cores only slow a run. *needed*: the windows "
+            f"windows spread over each test set, one thread, in findings 2 and 3's runs so far, as on cores of their "
+            "own: each run's times are divided by how much slower than the fastest run its evaluation went, since "
+            "other jobs on its cores only slow a run. *needed*: the windows "
             f"over both test sets that would bring every deciding perplexity part to {100 * robust.SHARE:.0f}% (the "
             "most any part asks for on each set); *CPU-h*: what all of the grid's runs of findings 2 and 3 would "
             "cost with them:\n\n"

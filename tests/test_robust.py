@@ -416,17 +416,38 @@ def test_the_shift_that_flips_never_moves_a_metric_to_zero_or_below():
     assert robust.flip_shift(df, verdict, "recon") == (math.inf, None) and min(seen) > 0
 
 
-def test_the_evaluations_cost_is_read_at_the_rate_of_cores_of_its_own():
-    """Two runs of the same work, one timed while another job shared its cores (3x slower throughout): the cost
-    is the unloaded one, whichever run it is read from."""
-    from reconlib import report
+def timed(slowdown, windows=80, model="m", cpu="AMD EPYC", seed=0):
+    """A record of one run of the same work (700 s alone, 2 s a perplexity window), timed `slowdown` times slower
+    by other jobs on its cores."""
+    from reconlib.config import profile
 
-    def run(slowdown, windows=80):
-        ppl = {"ppl_wikitext2": 2.0 * windows * slowdown, "ppl_ptb": 2.0 * windows * slowdown}
-        return {"seconds": ppl | {"total": 700.0 * slowdown}, "ppl_windows": {m: [0.0] * windows for m in ppl}}
+    ppl = {"ppl_wikitext2": 2.0 * windows * slowdown, "ppl_ptb": 2.0 * windows * slowdown}
+    return {"config": profile("smoke", model=model, seed=seed).to_dict(),
+            "machine": {"cpu_model": cpu, "cpu_capability": "AVX2"},
+            "seconds": ppl | {"total": 700.0 * slowdown}, "ppl_windows": {m: [0.0] * windows for m in ppl}}
 
-    rate, seconds, totals = report.unloaded([run(3.0), run(1.0)])
+
+def test_a_runs_slowdown_is_read_against_the_fastest_of_its_kind():
+    from reconlib import grid, report
+
+    assert grid.slowdowns([timed(3.0), timed(1.0), timed(1.5, windows=40)]) == [3.0, 1.0, 1.5]
+    # another CPU's or model's runs have their own fastest: a slower CPU is not "slowed down"
+    assert grid.slowdowns([timed(1.0), timed(2.0, cpu="Intel Xeon"), timed(4.0, model="n")]) == [1.0, 1.0, 1.0]
+    rate, seconds, totals = report.unloaded([timed(3.0), timed(1.0)])
     assert rate == 2.0 and seconds == [320.0, 320.0] and totals == [700.0, 700.0]
-    # a run that reads more windows is no slower for it
-    rate, seconds, totals = report.unloaded([run(1.0, windows=40), run(1.0)])
+    rate, seconds, totals = report.unloaded([timed(1.0, windows=40), timed(1.0)])
     assert rate == 2.0 and seconds == [160.0, 320.0] and totals == [700.0, 700.0]
+
+
+def test_the_hours_a_grid_takes_are_priced_at_the_unloaded_rate(tmp_path, monkeypatch):
+    """Two stored runs of the same cost, one timed 3x slower: a third prices at the unloaded 700 s, where the raw
+    times would put it at 2,100 (their upper median)."""
+    from reconlib import grid, records
+    from reconlib.config import from_dict
+
+    monkeypatch.setenv("RECONLIB_RESULTS", str(tmp_path))
+    for seed, slowdown in ((0, 3.0), (1, 1.0)):
+        r = timed(slowdown, seed=seed)
+        records.write(records.path(from_dict(r["config"])), records.seal(r))
+    todo = [from_dict(timed(1.0, seed=2)["config"])]
+    assert grid.hours(todo) == pytest.approx(700.0 / 3600)
