@@ -253,9 +253,10 @@ def flip_shift(df: pd.DataFrame, verdict, key: str, largest: float = 1.0) -> tup
 
 def measure_band(profile: str, sample: int = 2, progress: bool = False) -> dict:
     """For each model: the `sample` cheapest stored runs of finding 2's cross-block arm that this machine's kernels
-    wrote, recomputed in subprocesses at their writer's thread count under each kernel variant (verify.variants:
-    MKL's other code paths, torch's kernels one ISA lower) → the largest relative difference any variant makes in
-    a metric a verdict reads. Written to BAND after each recomputation (an hour each), which a rerun resumes."""
+    wrote (those measured before first), recomputed in subprocesses at their writer's thread count under each
+    kernel variant (verify.variants: MKL's other code paths, torch's kernels one ISA lower) → the largest relative
+    difference any variant makes in a metric a verdict reads. Written to BAND after each recomputation (an hour
+    each), which a rerun resumes."""
     from tqdm.auto import tqdm
 
     from . import findings, grid, provenance, records, verify
@@ -266,8 +267,7 @@ def measure_band(profile: str, sample: int = 2, progress: bool = False) -> dict:
         arm = [c for c in grid.overfitting_cells(profile, model) if c.recon == "br+gp+cr"]
         # a record of other kernels would add the two machines' difference to the variants' own
         ours = [r for r in (records.stored(c) for c in arm) if r and verify.kernels(r) == here]
-        stored = sorted(ours, key=lambda r: r["seconds"]["total"])[:sample]
-        if not stored:
+        if not ours:
             continue
         entry = out.setdefault(model, {})
         done = entry.setdefault("recomputed", {})  # record key → variant → metric → relative difference
@@ -278,6 +278,8 @@ def measure_band(profile: str, sample: int = 2, progress: bool = False) -> dict:
                    .get("source_digest")]
         for key in dropped:
             done.pop(key), code.pop(key, None)
+        # the records measured before stay in the sample, so that a cheaper run landing later costs no hour again
+        stored = sorted(ours, key=lambda r: (r["key"] not in done, r["seconds"]["total"]))[:sample]
         sampled = [r["key"] for r in stored]
         todo = [(r, env) for r in stored for env in verify.variants() if _name(env) not in done.get(r["key"], {})]
         for r, env in tqdm(todo, desc=f"band {model}", disable=not progress):

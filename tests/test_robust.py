@@ -451,3 +451,42 @@ def test_the_hours_a_grid_takes_are_priced_at_the_unloaded_rate(tmp_path, monkey
         records.write(records.path(from_dict(r["config"])), records.seal(r))
     todo = [from_dict(timed(1.0, seed=2)["config"])]
     assert grid.hours(todo) == pytest.approx(700.0 / 3600)
+
+
+def test_the_kernel_band_is_each_metrics_largest_change_and_a_measured_record_stays_in_its_sample(tmp_path,
+                                                                                                   monkeypatch):
+    """`records band` on the smoke grid's cross-block runs, with recomputations that move the calibration error
+    by known amounts (the subprocess itself is test_verify's): the band is the largest relative change, a rerun
+    recomputes nothing, and a cheaper run landing later does not displace a measured one (an hour each)."""
+    from reconlib import grid, pipeline, records
+    from reconlib.config import from_dict
+
+    monkeypatch.setenv("RECONLIB_RESULTS", str(tmp_path / "store"))
+    monkeypatch.setattr(robust, "BAND", tmp_path / "band.json")
+    cells = [c for c in grid.overfitting_cells("smoke", "tiny-llama") if c.recon == "br+gp+cr"]
+    for c in cells:
+        records.write(records.path(c), pipeline.compute(c, progress=False, resumable=False))
+    factor = {"MKL_CBWR=COMPATIBLE": 1.25, "ATEN_CPU_CAPABILITY=default": 1.1}
+    monkeypatch.setattr(verify, "variants", lambda: [{"MKL_CBWR": "COMPATIBLE"}, {"ATEN_CPU_CAPABILITY": "default"}])
+    calls = []
+
+    def recompute(config, env, threads=None, code=None):
+        calls.append((config["seed"], robust._name(env)))
+        fresh = records.stored(from_dict(config))
+        return fresh | {"final_error": fresh["final_error"] * factor[robust._name(env)]}
+
+    monkeypatch.setattr(verify, "recompute_under", recompute)
+    by_cost = sorted((records.stored(c) for c in cells), key=lambda r: r["seconds"]["total"])
+    entry = robust.measure_band("smoke", sample=1)["tiny-llama"]
+    assert entry["complete"] and entry["records"] == [by_cost[0]["key"]] and len(calls) == 2
+    assert entry["per_metric"]["final_error"] == pytest.approx(0.25 / 1.25)  # |a − 1.25a| / 1.25a
+    assert robust.band("tiny-llama")["final_error"] == pytest.approx(0.2)
+    assert max(v for m, v in entry["per_metric"].items() if m != "final_error") == 0.0
+    robust.measure_band("smoke", sample=1)
+    assert len(calls) == 2  # resumed: nothing to recompute
+    # the other run lands cheaper: the measured one keeps its place
+    cheaper = {k: v for k, v in by_cost[1].items() if k != "digest"}
+    records.write(records.path(from_dict(cheaper["config"])),
+                  records.seal(cheaper | {"seconds": cheaper["seconds"] | {"total": 0.01}}))
+    assert robust.measure_band("smoke", sample=1)["tiny-llama"]["records"] == [by_cost[0]["key"]]
+    assert len(calls) == 2
