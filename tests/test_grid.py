@@ -234,8 +234,12 @@ def test_the_dry_run_counts_the_papers_findings_apart_from_finding_4(capsys):
     main(["grid", "--profile", "smoke", "--dry-run", "--json"])
     out = json.loads(capsys.readouterr().out)
     first = len(paper) + len(grid.dense_runs("smoke"))
-    assert out["missing_by_finding"] == {"dense and findings 1-3": first, "baselines (exact LR, ADMM, OWL)": 0,
-                                         "calibration ladder": 0, "finding 4": len(grid.runs("smoke")) - len(paper)}
+    baselines = sum(map(len, grid.baseline_cells("smoke").values()))
+    ladder = len(grid.ladder_cells("smoke", "tiny-llama"))
+    assert baselines == 2 * (4 + 8) and ladder == 2 * 2 * 2  # the smoke grid's: its 2 seeds, 2 ladder points
+    assert out["missing_by_finding"] == {"dense and findings 1-3": first, "baselines (exact LR, ADMM, OWL)": baselines,
+                                         "calibration ladder": ladder,
+                                         "finding 4": len(grid.runs("smoke")) - len(paper) - baselines - ladder}
     assert out["missing"] == len(grid.missing("smoke")) > first
 
 
@@ -245,7 +249,7 @@ def test_issue_39s_rows_are_a_group_of_their_own():
     mine = [c.key() for cells in rows.values() for c in cells]
     assert set(mine) <= set(queued) and min(map(queued.index, mine)) > max(  # queued after the findings' runs
         queued.index(c.key()) for c in grid.paper_runs("cpu"))
-    assert grid.baseline_cells("smoke") == {"exact lr": [], "owl": []}  # the tests' grid leaves them out
+    assert not any(grid.baseline_cells("paper").values())  # a grid without baselines leaves them out
     exact, owl = rows["exact lr"], rows["owl"]
     # finding 1's seeds: 5 × (magnitude, Wanda, SparseGPT, ADMM) on both models
     assert len(exact) == 20 + 20 and sum(c.criterion == "admm" for c in exact) == 10
