@@ -354,4 +354,4 @@ def evaluation_cost(profile: str, deciding: list[dict] | None = None) -> str:
             f"over both test sets that would bring every deciding perplexity part to {100 * robust.SHARE:.0f}% (the "
             "most any part asks for on each set); *CPU-h*: what all of the grid's runs of findings 2 and 3 would "
             "cost with them:\n\n"
-            + (pd.DataFrame(rows).to_markdown(index=False) if rows else "no verdict run yet."))
+            + (pd.DataFrame(rows).fillna("").to_markdown(index=False) if rows else "no verdict run yet."))
