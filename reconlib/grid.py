@@ -150,14 +150,20 @@ def setup(namespace: dict, fixed: tuple = (), single: bool = False) -> str:
     return name
 
 
+def ppl_time(record: dict) -> tuple[float, int]:
+    """A record's perplexity pass → (seconds, windows evaluated), over its test sets."""
+    return (sum(v for k, v in record["seconds"].items() if k.startswith("ppl_")),
+            sum(len(v) for v in record.get("ppl_windows", {}).values()))
+
+
 def slowdowns(done: list[dict]) -> list[float]:
     """How much slower than on cores of its own each record's run went: the records time runs beside whatever else
     shared their cores (2-4x slower on this store while tests or kernel recomputations ran beside the grid).
     Interference only slows a run, so each record's perplexity seconds a window over the fastest of its kind (the
     same model, window length and CPU) measures it; that phase stands for the whole run."""
     def rate(r):
-        windows = sum(len(v) for v in r.get("ppl_windows", {}).values())
-        return sum(v for k, v in r["seconds"].items() if k.startswith("ppl_")) / windows if windows else None
+        seconds, windows = ppl_time(r)
+        return seconds / windows if windows else None
 
     def kind(r):
         c, m = r["config"], r.get("machine", {})
@@ -178,11 +184,11 @@ def hours(todo: list[RunConfig]) -> float:
     not hold."""
     from . import records
 
-    done = [r for r in records.all_records() if r.get("config") and "total" in r.get("seconds", {})]
-    if not done:  # a reader's empty results folder: the rates of the book's store, where it is
-        book = Path(__file__).resolve().parents[1] / "book" / "records"
-        done = [r for f, r in records.read_all(f for f in sorted(book.glob("*.json"))
-                                               if not f.name.startswith("dense-")).items() if "total" in r["seconds"]]
+    timed = lambda rs: [r for r in rs if r.get("config") and "total" in r.get("seconds", {})]  # noqa: E731
+    book = Path(__file__).resolve().parents[1] / "book" / "records"
+    # a reader's empty results folder: the rates of the book's store, where it is
+    done = timed(records.all_records()) or timed(records.read_all(
+        f for f in sorted(book.glob("*.json")) if not f.name.startswith("dense-")).values())
     rates = {}
     for r, slow in zip(done, slowdowns(done)):
         rates.setdefault(r["config"]["model"], []).append(r["seconds"]["total"] / slow / cost(from_dict(r["config"])))

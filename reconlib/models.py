@@ -143,11 +143,8 @@ def load_tokenizer(name_or_path: str = DEFAULT_MODEL):
     from transformers import AutoConfig, AutoTokenizer
 
     if name_or_path.startswith("tiny-"):
-        family = name_or_path.removeprefix("tiny-")
-        if family not in TINY:
-            raise ValueError(f"unknown tiny family {family!r}: use one of {sorted(TINY)}")
-        kwargs = {k: v for k, v in TINY[family].items() if k != "attn_implementation"}
-        return AutoTokenizer.from_pretrained(resolve(DEFAULT_MODEL)), needs_bos(AutoConfig.for_model(**kwargs))
+        config, _ = _tiny_config(name_or_path.removeprefix("tiny-"))
+        return AutoTokenizer.from_pretrained(resolve(DEFAULT_MODEL)), needs_bos(config)
     source = resolve(name_or_path)
     return AutoTokenizer.from_pretrained(source), needs_bos(AutoConfig.from_pretrained(source))
 
@@ -190,9 +187,9 @@ TINY |= {
 }
 
 
-def tiny_model(family: str, vocab_size: int = 256, seed: int = 0, num_hidden_layers: int | None = None):
-    """A small randomly initialised causal LM of one architecture family, for tests."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+def _tiny_config(family: str, vocab_size: int = 256, num_hidden_layers: int | None = None):
+    """A tiny family's config → (config, attention implementation)."""
+    from transformers import AutoConfig
 
     if family not in TINY:
         raise ValueError(f"unknown tiny family {family!r}: use one of {sorted(TINY)}")
@@ -202,7 +199,14 @@ def tiny_model(family: str, vocab_size: int = 256, seed: int = 0, num_hidden_lay
         kwargs["num_hidden_layers"] = num_hidden_layers
         if "layer_types" in kwargs:
             kwargs["layer_types"] = (kwargs["layer_types"] * num_hidden_layers)[:num_hidden_layers]
-    config = AutoConfig.for_model(**kwargs)
+    return AutoConfig.for_model(**kwargs), attn
+
+
+def tiny_model(family: str, vocab_size: int = 256, seed: int = 0, num_hidden_layers: int | None = None):
+    """A small randomly initialised causal LM of one architecture family, for tests."""
+    from transformers import AutoModelForCausalLM
+
+    config, attn = _tiny_config(family, vocab_size, num_hidden_layers)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation=attn)
     return model.eval()

@@ -312,10 +312,9 @@ def _mixed(rows: list[dict]) -> pd.DataFrame:
 def unloaded(done: list[dict]) -> tuple[float, list[float], list[float]]:
     """Runs' records → (seconds a perplexity window, each run's perplexity seconds, each run's total seconds) as on
     cores of their own: each run's times divided by its grid.slowdowns, the rate the fastest run's."""
-    slow = grid.slowdowns(done)
-    seconds = [sum(v for k, v in r["seconds"].items() if k.startswith("ppl_")) / f for r, f in zip(done, slow)]
-    rate = min(t / sum(len(v) for v in r["ppl_windows"].values()) for t, r in zip(seconds, done))
-    return rate, seconds, [r["seconds"]["total"] / f for r, f in zip(done, slow)]
+    slow, times = grid.slowdowns(done), [grid.ppl_time(r) for r in done]
+    rate = min(t / n / f for (t, n), f in zip(times, slow))
+    return rate, [t / f for (t, _), f in zip(times, slow)], [r["seconds"]["total"] / f for r, f in zip(done, slow)]
 
 
 def evaluation_cost(profile: str, deciding: list[dict] | None = None) -> str:
