@@ -178,23 +178,41 @@ def slowdowns(done: list[dict]) -> list[float]:
 
 
 def hours(todo: list[RunConfig]) -> float:
-    """About how many CPU-hours (one thread, on cores of its own) `todo` takes: each run's `cost` at its model's
-    rate, the median seconds per unit of cost over the records at hand (the book's committed store where there are
-    none) with each record's time divided by its `slowdowns`, or the median over all of them for a model they do
-    not hold."""
-    from . import records
+    """About how many CPU-hours (one thread, on cores of its own) `todo` takes. The perplexity pass and the rest of
+    a run are priced apart, each at its model's median seconds per million tokens over the records at hand (the
+    book's committed store where there are none), each record's time divided by its `slowdowns`: a perplexity
+    token goes through the output head, which pruning never does, and Gemma 3's 262k-word head costs it about twice
+    its blocks (priced at one rate, a Gemma 3 run at 80 × 512 windows read 536 s off the 32 × 128 runs; it took
+    4,602). The rates are this CPU's where the store holds its runs of the model (machines of one name differ 2x),
+    else every CPU's, else the median over the other models."""
+    from . import provenance, records
 
     timed = lambda rs: [r for r in rs if r.get("config") and "total" in r.get("seconds", {})]  # noqa: E731
     book = Path(__file__).resolve().parents[1] / "book" / "records"
     # a reader's empty results folder: the rates of the book's store, where it is
     done = timed(records.all_records()) or timed(records.read_all(
         f for f in sorted(book.glob("*.json")) if not f.name.startswith("dense-")).values())
-    rates = {}
+    here = provenance.machine()
+    here = here["cpu_model"], here["cpu_capability"]
+    ppl, rest = {}, {}  # model → [(whether this CPU's, seconds per million tokens)]
     for r, slow in zip(done, slowdowns(done)):
-        rates.setdefault(r["config"]["model"], []).append(r["seconds"]["total"] / slow / cost(from_dict(r["config"])))
+        c, m = from_dict(r["config"]), r.get("machine", {})
+        own = (m.get("cpu_model"), m.get("cpu_capability")) == here
+        seconds, windows = ppl_time(r)
+        if windows:
+            ppl.setdefault(c.model, []).append((own, seconds / slow / (windows * (c.eval_len or c.seq_len) / 1e6)))
+        rest.setdefault(c.model, []).append((own, (r["seconds"]["total"] - seconds) / slow / (cost(c) - ppl_tokens(c))))
+
     median = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
-    overall = median([x for xs in rates.values() for x in xs]) if rates else 300.0  # SmolLM2's, where none
-    return sum(cost(c) * (median(rates[c.model]) if c.model in rates else overall) for c in todo) / 3600
+
+    def rate(rates, model):
+        xs = rates.get(model, [])
+        if xs:
+            return median([x for own, x in xs if own] or [x for _, x in xs])
+        return median([x for xs in rates.values() for _, x in xs]) if rates else 300.0  # SmolLM2's, where none
+
+    return sum((cost(c) - ppl_tokens(c)) * rate(rest, c.model) + ppl_tokens(c) * rate(ppl, c.model)
+               for c in todo) / 3600
 
 
 def base(profile: str, model: str | None = None, **overrides) -> RunConfig:
@@ -388,11 +406,17 @@ ZEROSHOT_ITEM = 150    # tokens a zero-shot item costs, its choices together, ab
 LOAD = 3_000           # a run's fixed cost (loading, converting, the windows), in tokens' worth
 
 
+def ppl_tokens(config: RunConfig) -> float:
+    """Millions of tokens the run's perplexity pass scores, about: its share of `cost`."""
+    windows = len(config.ppl) * config.max_eval_windows * (config.eval_len or config.seq_len)
+    return (windows + len(config.ppl) * WHOLE_SET * (config.max_eval_windows == 0)) / 1e6
+
+
 def cost(config: RunConfig) -> float:
     """Millions of tokens through the model, about: what a run's time is proportional to on one model, so that
     a rate measured at one setting (hours) carries to another. Pruning passes the calibration windows some four
     times a block, Adam three times an epoch (forward, backward; twice over for CR's two-block units), and the
-    evaluations their windows once."""
+    evaluations their windows once (`ppl_tokens` the perplexity pass's, which `hours` prices at its own rate)."""
     real = config.n_calib + config.extra_real
     unit = 2 if config.recon == "br+gp+cr" else 1
     trained = config.train_epochs * 3 * (real + config.self_gen) * unit
@@ -402,10 +426,8 @@ def cost(config: RunConfig) -> float:
         * (config.holdout > 0)
     evaluated = 2 * len(config.test_error) * config.n_test
     tokens = (4 * real + trained + evaluated + 10 * config.self_gen) * config.seq_len
-    tokens += len(config.ppl) * config.max_eval_windows * (config.eval_len or config.seq_len)
-    tokens += len(config.ppl) * WHOLE_SET * (config.max_eval_windows == 0)
     tokens += len(config.zeroshot) * (config.zeroshot_limit or 1000) * ZEROSHOT_ITEM
-    return (tokens + LOAD) / 1e6
+    return (tokens + LOAD) / 1e6 + ppl_tokens(config)
 
 
 def missing(profile: str) -> list[tuple[str, RunConfig]]:

@@ -422,7 +422,7 @@ def timed(slowdown, windows=80, model="m", cpu="AMD EPYC", seed=0):
     from reconlib.config import profile
 
     ppl = {"ppl_wikitext2": 2.0 * windows * slowdown, "ppl_ptb": 2.0 * windows * slowdown}
-    return {"config": profile("smoke", model=model, seed=seed).to_dict(),
+    return {"config": profile("smoke", model=model, seed=seed, max_eval_windows=windows).to_dict(),
             "machine": {"cpu_model": cpu, "cpu_capability": "AVX2"},
             "seconds": ppl | {"total": 700.0 * slowdown}, "ppl_windows": {m: [0.0] * windows for m in ppl}}
 
@@ -451,6 +451,27 @@ def test_the_hours_a_grid_takes_are_priced_at_the_unloaded_rate(tmp_path, monkey
         records.write(records.path(from_dict(r["config"])), records.seal(r))
     todo = [from_dict(timed(1.0, seed=2)["config"])]
     assert grid.hours(todo) == pytest.approx(700.0 / 3600)
+
+
+def test_the_perplexity_pass_is_priced_at_its_own_rate_and_this_cpus_runs_first(tmp_path, monkeypatch):
+    """A stored run spends 320 of its 700 s scoring 160 perplexity windows. A run that scores four times as many
+    windows costs the rest (380 s) plus 4 x 320 s: a perplexity token goes through the output head, which pruning
+    never does, so one rate for all tokens misprices Gemma 3's. Another CPU's run, 3x slower, is not read while
+    this CPU's are there (one rate over both CPUs read 2,100 s for the first)."""
+    from reconlib import grid, provenance, records
+    from reconlib.config import from_dict
+
+    monkeypatch.setenv("RECONLIB_RESULTS", str(tmp_path))
+    monkeypatch.setattr(provenance, "machine", lambda: {"cpu_model": "AMD EPYC", "cpu_capability": "AVX2"})
+    stored = [timed(1.0), timed(3.0, seed=1, cpu="Intel Xeon")]
+    for r in stored:
+        records.write(records.path(from_dict(r["config"])), records.seal(r))
+    same = from_dict(stored[0]["config"]).replace(seed=2)
+    more = same.replace(max_eval_windows=320)
+    assert grid.hours([same]) == pytest.approx(700.0 / 3600)
+    assert grid.hours([more]) == pytest.approx((380.0 + 4 * 320.0) / 3600)
+    monkeypatch.setattr(provenance, "machine", lambda: {"cpu_model": "Intel Xeon", "cpu_capability": "AVX2"})
+    assert grid.hours([same]) == pytest.approx(3 * 700.0 / 3600)
 
 
 def test_the_kernel_band_is_each_metrics_largest_change_and_a_measured_record_stays_in_its_sample(tmp_path,
