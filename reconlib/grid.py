@@ -59,9 +59,11 @@ GRIDS = {
                 # flipped both models' verdicts
                 evaluation=dict(eval_len=512, max_eval_windows=80), pair_seeds=tuple(range(10)),
                 # from a quarter of the book's 8k calibration tokens to a quarter of the paper's 262k; Gemma 3 at
-                # the two cheapest new points. `hours` prices these at 13.1 CPU-hours on cores of their own, inside
-                # the 16 the ladder may spend; 256 × 512 (half the paper's tokens) would add 8.3 for its 3 seeds, so
-                # it is left out
+                # the two cheapest new points. `hours` prices these at 19.5 CPU-hours on cores of their own (Gemma
+                # 3's 6.1 once its perplexity pass is priced at its own rate), past the 16 the ladder may spend:
+                # the points run cheapest first and the ladder stops where its measured hours reach 16, as priced
+                # before SmolLM2's 256 × 256 (5.9); 256 × 512 (half the paper's tokens) would add 11.3 for its 3
+                # seeds, so it is left out
                 ladder={"smollm2-135m": ((16, 128), (256, 128), (64, 512), (256, 256)),
                         "gemma3-270m": ((16, 128), (256, 128))}, baselines=True,
                 # 16 windows × 8 epochs: the book's 64 Adam steps a unit on a quarter of its windows, where the
