@@ -53,13 +53,20 @@ def _nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return (logsumexp - picked).double()
 
 
+def head_chunk(config, floats: int = 2**26) -> int:
+    """Positions through the output head at a time: about `floats` fp32 logits (256 MB). Each chunk reads the
+    whole head (Gemma 3's: 671 MB), so fewer positions spend their time streaming it: 64 MB of logits made Gemma
+    3's windows 1.37x slower, with bit-equal NLLs (bench/ppl_chunk.py); SmolLM2's did not move."""
+    return max(1, floats // config.vocab_size)
+
+
 @torch.inference_mode()
 def window_nll(model, windows: torch.Tensor, batch_size: int = 0, progress: bool = True,
                chunk: int = 0) -> list[float]:
     """Mean token NLL of each window (W, T) (method.md §6); the first token of each window is context only.
     Kept per window so that a run evaluated on a whole test set also gives the perplexity of its first K windows.
 
-    The NLL goes through the output head `chunk` positions at a time (0: about 64 MB of fp32 logits), so
+    The NLL goes through the output head `chunk` positions at a time (0: `head_chunk`'s), so
     memory does not grow with batch × T × vocabulary (Gemma's is 262k: 2 GB of logits per 2048-token window).
     batch_size 0 picks one that keeps a batch's activations (hidden states, attention scores) near 128 MB:
     on CPU larger batches are no faster at these lengths, and the weights already dominate memory.
@@ -74,7 +81,7 @@ def window_nll(model, windows: torch.Tensor, batch_size: int = 0, progress: bool
     if batch_size <= 0:  # floats per window: the attention scores (if materialized) plus a few MLP-wide tensors
         width = max(c.hidden_size, getattr(c, "intermediate_size", None) or getattr(c, "ffn_dim", 0))
         batch_size = max(1, 2**25 // (T * (c.num_attention_heads * T + 4 * width)))
-    chunk = chunk or max(1, 2**24 // c.vocab_size)
+    chunk = chunk or head_chunk(c)
     device = _device(model)
     _check_head(model, windows[:1].to(device))
     nll = torch.zeros(W, dtype=torch.float64, device=device)  # per window, on device: no sync per chunk
