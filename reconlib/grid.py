@@ -184,9 +184,9 @@ def hours(todo: list[RunConfig]) -> float:
     a run are priced apart, each at its model's median seconds per million tokens over the records at hand (the
     book's committed store where there are none), each record's time divided by its `slowdowns`: a perplexity
     token goes through the output head, which pruning never does, and Gemma 3's 262k-word head costs it about twice
-    its blocks (priced at one rate, a Gemma 3 run at 80 × 512 windows read 536 s off the 32 × 128 runs; it took
-    4,602). The rates are this CPU's where the store holds its runs of the model (machines of one name differ 2x),
-    else every CPU's, else the median over the other models."""
+    its blocks: at one rate, Gemma 3's BR+GP at 80 × 512 windows read 538 s off its 32 × 128 runs, and took 2,117
+    beside nothing but the grid (1,239 priced apart; SmolLM2's within 6%). The rates are this CPU's where the store
+    holds its runs of the model (machines of one name differ 2x), else every CPU's, else the other models'."""
     from . import provenance, records
 
     timed = lambda rs: [r for r in rs if r.get("config") and "total" in r.get("seconds", {})]  # noqa: E731
