@@ -43,7 +43,6 @@ def main():
             diff = max(abs(a - b) for a, b in zip(nll, base[1]))
             print(f"{mb:>9.0f} {chunk:>6} {seconds:9.2f} {seconds / base[0]:6.2f} {diff:11.2e}")
         del model
-        torch.cuda.empty_cache() if torch.cuda.is_available() else None
 
 
 if __name__ == "__main__":

@@ -174,6 +174,11 @@ class RunConfig:
         return device, {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": None}[dtype]
 
     @property
+    def eval_window(self) -> int:
+        """Tokens in a perplexity window: eval_len, where set, else the calibration's seq_len."""
+        return self.eval_len or self.seq_len
+
+    @property
     def train_epochs(self) -> int:
         """LR is the criterion alone: no gradient step (method.md §3)."""
         return 0 if self.recon == "lr" else self.epochs

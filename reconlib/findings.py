@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from . import grid, paper, records, stats
-from .config import CRITERIA, SCHEMES, RunConfig
+from .config import CRITERIA, SCHEMES, RunConfig, from_dict
 
 PAPER_MODELS = ("llama-7b", "opt-125m")
 STEPS = (("lr", "br"), ("br", "br+gp"), ("br+gp", "br+gp+cr"))
@@ -161,7 +161,7 @@ def row(record: dict, subset: int) -> dict:
     out["windows"] = {f"ppl_{k}": nll_windows(record, k, subset) for k in record["ppl_windows"]} | \
         {f"test_error_{k}": v for k, v in record.get("test_error_windows", {}).items()}
     # and their length in tokens, for how many such windows the whole test set holds (robust.sizing)
-    out["window_len"] = {m: c["seq_len"] if m.startswith("test_error_") else c.get("eval_len") or c["seq_len"]
+    out["window_len"] = {m: c["seq_len"] if m.startswith("test_error_") else from_dict(c).eval_window
                          for m in out["windows"]}
     return out
 

@@ -158,6 +158,12 @@ def ppl_time(record: dict) -> tuple[float, int]:
             sum(len(v) for v in record.get("ppl_windows", {}).values()))
 
 
+def cpu(machine: dict) -> tuple:
+    """The kind of CPU a rate carries between: machines sold under one name run AVX2 on some hosts and AVX-512 on
+    others, 2x apart."""
+    return machine.get("cpu_model"), machine.get("cpu_capability")
+
+
 def slowdowns(done: list[dict]) -> list[float]:
     """How much slower than on cores of its own each record's run went: the records time runs beside whatever else
     shared their cores (2-4x slower on this store while tests or kernel recomputations ran beside the grid).
@@ -168,8 +174,8 @@ def slowdowns(done: list[dict]) -> list[float]:
         return seconds / windows if windows else None
 
     def kind(r):
-        c, m = r["config"], r.get("machine", {})
-        return c["model"], c.get("eval_len") or c["seq_len"], m.get("cpu_model"), m.get("cpu_capability")
+        c = from_dict(r["config"])
+        return c.model, c.eval_window, cpu(r.get("machine", {}))
 
     rates = [rate(r) for r in done]
     fastest = {}
@@ -194,15 +200,14 @@ def hours(todo: list[RunConfig]) -> float:
     # a reader's empty results folder: the rates of the book's store, where it is
     done = timed(records.all_records()) or timed(records.read_all(
         f for f in sorted(book.glob("*.json")) if not f.name.startswith("dense-")).values())
-    here = provenance.machine()
-    here = here["cpu_model"], here["cpu_capability"]
+    here = cpu(provenance.machine())
     ppl, rest = {}, {}  # model → [(whether this CPU's, seconds per million tokens)]
     for r, slow in zip(done, slowdowns(done)):
-        c, m = from_dict(r["config"]), r.get("machine", {})
-        own = (m.get("cpu_model"), m.get("cpu_capability")) == here
+        c = from_dict(r["config"])
+        own = cpu(r.get("machine", {})) == here
         seconds, windows = ppl_time(r)
         if windows:
-            ppl.setdefault(c.model, []).append((own, seconds / slow / (windows * (c.eval_len or c.seq_len) / 1e6)))
+            ppl.setdefault(c.model, []).append((own, seconds / slow / (windows * c.eval_window / 1e6)))
         rest.setdefault(c.model, []).append((own, (r["seconds"]["total"] - seconds) / slow / (cost(c) - ppl_tokens(c))))
 
     median = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
@@ -410,7 +415,7 @@ LOAD = 3_000           # a run's fixed cost (loading, converting, the windows), 
 
 def ppl_tokens(config: RunConfig) -> float:
     """Millions of tokens the run's perplexity pass scores, about: its share of `cost`."""
-    windows = len(config.ppl) * config.max_eval_windows * (config.eval_len or config.seq_len)
+    windows = len(config.ppl) * config.max_eval_windows * config.eval_window
     return (windows + len(config.ppl) * WHOLE_SET * (config.max_eval_windows == 0)) / 1e6
 
 

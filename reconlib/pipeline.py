@@ -41,7 +41,7 @@ def _evaluate(model, tokenizer, config: RunConfig, bos, device) -> tuple[dict, d
     model.to(device)
     for name in config.ppl:
         start = time.perf_counter()
-        windows = data.eval_windows(name, tokenizer, config.eval_len or config.seq_len, bos, config.max_eval_windows,
+        windows = data.eval_windows(name, tokenizer, config.eval_window, bos, config.max_eval_windows,
                                     spread=config.eval_len > 0)
         nll[name] = evaluate.window_nll(model, windows)
         ppl[name] = math.exp(math.fsum(nll[name]) / len(nll[name]))
