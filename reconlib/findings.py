@@ -41,7 +41,7 @@ class Part:
     changes: list
     direction: int
 
-    @property
+    @functools.cached_property  # read a dozen times a verdict, and verdicts are redrawn thousands of times
     def test(self) -> stats.Test:
         return stats.t_test([self.direction * c for c in self.changes])
 
@@ -273,9 +273,13 @@ def spread(df: pd.DataFrame, by: list[str], metrics: list[str]) -> pd.DataFrame:
 def changes(df: pd.DataFrame, key: str, before, after, metric: str, relative: bool = False) -> list[float]:
     """Per-seed change of `metric` from the rows where key == before to those where key == after, matched on
     seed: after − before, or in % of before (`relative`)."""
-    b = df[df[key] == before].set_index("seed")[metric]
-    a = df[df[key] == after].set_index("seed")[metric]
-    return [(a[s] - b[s]) * (100 / b[s] if relative else 1) for s in sorted(set(a.index) & set(b.index))]
+    # plain dicts, not DataFrame filters: the robustness checks call this some 10^4 times a page
+    arm = {before: {}, after: {}}
+    for k, s, x in zip(df[key], df["seed"], df[metric]):
+        if k in arm:
+            arm[k][s] = x
+    b, a = arm[before], arm[after]
+    return [(a[s] - b[s]) * (100 / b[s] if relative else 1) for s in sorted(a.keys() & b.keys())]
 
 
 # ------------------------------------------------------------------ finding 1

@@ -22,11 +22,17 @@ def numbers() -> pd.DataFrame:
     return df.assign(value=df.value.astype(float))
 
 
-def lookup(model: str, criterion: str, recon: str, metric: str, self_gen: int = 0) -> float | None:
+@lru_cache(maxsize=1)
+def _cells() -> dict:
+    """(model, criterion, recon, metric, self_gen) → value: the first row of each, as the table lists them."""
     df = numbers()
-    hit = df[(df.model == model) & (df.criterion == criterion) & (df.recon == recon) & (df.metric == metric)
-             & (df.self_gen == self_gen)]
-    return float(hit.value.iloc[0]) if len(hit) else None
+    keys = zip(df.model, df.criterion, df.recon, df.metric, df.self_gen.astype(int))
+    return {k: v for k, v in reversed(list(zip(keys, df.value.astype(float))))}
+
+
+def lookup(model: str, criterion: str, recon: str, metric: str, self_gen: int = 0) -> float | None:
+    # a dict, not a DataFrame filter: the robustness checks ask it some 10^4 times a page
+    return _cells().get((model, criterion, recon, metric, self_gen))
 
 
 def reduction(model: str, criterion: str) -> float | None:
