@@ -284,7 +284,8 @@ def measure_band(profile: str, sample: int = 2, progress: bool = False) -> dict:
         todo = [(r, env) for r in stored for env in verify.variants() if _name(env) not in done.get(r["key"], {})]
         for r, env in tqdm(todo, desc=f"band {model}", disable=not progress):
             mine = findings.row(r, 0)
-            fresh = verify.recompute_under(r["config"], env, verify.writers_threads(r), provenance.code_of(r))
+            fresh = verify.recompute_under(r["config"], env, verify.writers_threads(r), provenance.code_of(r),
+                                           progress=progress)
             code[r["key"]] = fresh["source_digest"]
             theirs = findings.row(fresh, 0)
             done.setdefault(r["key"], {})[_name(env)] = {

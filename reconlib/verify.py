@@ -102,22 +102,43 @@ def variants() -> list[dict]:
     return mkl + ([{"ATEN_CPU_CAPABILITY": lower}] if lower else [])
 
 
-def recompute_under(config: dict, env: dict, threads: int | None = None, code: Path | None = None) -> dict:
+def recompute_under(config: dict, env: dict, threads: int | None = None, code: Path | None = None,
+                    progress: bool = False) -> dict:
     """The record of `config` computed in a subprocess with `env` on top of this one's (at `threads`, if given;
-    by the reconlib in checkout `code`, if given: provenance.code_of)."""
+    by the reconlib in checkout `code`, if given: provenance.code_of), in a cache of its own (variant_cache), so
+    that a kill resumes it. `progress`: its bars go to this process's stderr (a Gemma 3 run takes hours)."""
     env = {**env, **({"OMP_NUM_THREADS": str(threads)} if threads else {}),
            **({"PYTHONPATH": str(code)} if code else {})}
+    env["RECONLIB_CACHE"] = str(variant_cache(env))
     with tempfile.TemporaryDirectory(prefix="reconlib-variant-") as tmp:
         out = Path(tmp) / "record.json"
         script = ("import json, sys; from reconlib import pipeline; from reconlib.config import from_dict; "
-                  "r = pipeline.compute(from_dict(json.loads(sys.argv[1])), progress=False, resumable=False); "
+                  f"r = pipeline.compute(from_dict(json.loads(sys.argv[1])), progress={progress}, resumable=True); "
                   "open(sys.argv[2], 'w').write(json.dumps(r))")
         # `python -c` puts its working directory first on the path, ahead of PYTHONPATH: run in the checkout
         done = subprocess.run([sys.executable, "-c", script, json.dumps(config), str(out)], env={**os.environ, **env},
-                              capture_output=True, text=True, cwd=code)
+                              stdout=subprocess.PIPE, stderr=None if progress else subprocess.PIPE, text=True,
+                              cwd=code)
         if done.returncode or not out.is_file():
-            raise RuntimeError(f"the recomputation under {env} failed:\n{done.stderr[-2000:]}")
+            raise RuntimeError(f"the recomputation under {env} failed:\n"
+                               + (done.stderr[-2000:] if done.stderr else "(its output is above)"))
         return json.loads(out.read_text())
+
+
+def variant_cache(env: dict) -> Path:
+    """The cache a recomputation under `env` (its kernels, threads and code) keeps its own: a run's checkpoint is
+    named by its config alone, and one written under other kernels is deleted on sight, so a shared one would
+    neither resume nor survive two variants side by side; self-generated text is cached by config alone too, and
+    must come from the variant's own kernels. The model files and the dense streams (whose keys name their
+    kernels and threads) are the shared cache's."""
+    shared = models.cache_dir()
+    root = shared / "variants" / hashlib.sha256(json.dumps(sorted(env.items())).encode()).hexdigest()[:16]
+    root.mkdir(parents=True, exist_ok=True)
+    for name in ("gguf", "models", "dense"):
+        (shared / name).mkdir(exist_ok=True)
+        with contextlib.suppress(FileExistsError):  # made by a variant beside this one
+            (root / name).symlink_to(shared / name, target_is_directory=True)
+    return root
 
 
 def _field(path: str) -> str:

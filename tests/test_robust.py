@@ -491,7 +491,7 @@ def test_the_kernel_band_is_each_metrics_largest_change_and_a_measured_record_st
     monkeypatch.setattr(verify, "variants", lambda: [{"MKL_CBWR": "COMPATIBLE"}, {"ATEN_CPU_CAPABILITY": "default"}])
     calls = []
 
-    def recompute(config, env, threads=None, code=None):
+    def recompute(config, env, threads=None, code=None, progress=False):
         calls.append((config["seed"], robust._name(env)))
         fresh = records.stored(from_dict(config))
         return fresh | {"final_error": fresh["final_error"] * factor[robust._name(env)]}

@@ -2,11 +2,12 @@
 its compatible code path (as the CPU of issue #20 did), then judged here."""
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
 
-from reconlib import criteria, pipeline, provenance, records, verify
+from reconlib import criteria, models, pipeline, provenance, records, verify
 from reconlib.config import profile
 
 from conftest import interrupt_after
@@ -183,17 +184,37 @@ def test_the_band_skips_mkls_path_for_this_cpus_own_isa_because_it_is_the_native
     assert {"MKL_CBWR": capability} not in verify.variants()
 
 
-def test_a_recomputation_runs_the_code_that_wrote_the_record_when_told(tmp_path):
+def test_a_recomputation_runs_the_code_that_wrote_the_record_when_told(tmp_path, monkeypatch):
+    monkeypatch.setenv("RECONLIB_CACHE", str(tmp_path / "cache"))
     # a stand-in checkout whose pipeline only says which code it is: the subprocess must import it, not the
     # reconlib of the working directory (`python -c` puts that first on the path, ahead of PYTHONPATH)
     package = tmp_path / "reconlib"
     package.mkdir()
     (package / "__init__.py").write_text("")
     (package / "config.py").write_text("def from_dict(d):\n    return d\n")
-    (package / "pipeline.py").write_text("def compute(config, progress, resumable):\n"
-                                         "    return {'source_digest': 'the other checkout', 'config': config}\n")
+    (package / "pipeline.py").write_text("import os\ndef compute(config, progress, resumable):\n"
+                                         "    return {'source_digest': 'the other checkout', 'config': config,\n"
+                                         "            'cache': os.environ['RECONLIB_CACHE'], 'resumable': resumable}\n")
     fresh = verify.recompute_under({"no_such_field": 3}, {}, threads=1, code=tmp_path)  # today's from_dict refuses it
-    assert fresh == {"source_digest": "the other checkout", "config": {"no_such_field": 3}}
+    assert fresh.pop("config") == {"no_such_field": 3} and fresh.pop("source_digest") == "the other checkout"
+    # and it ran resumable, in a cache of its own: not the shared one, whose checkpoint of the same config is
+    # another kernels' (deleted on sight), nor another variant's
+    assert fresh["resumable"] and Path(fresh["cache"]).parent == models.cache_dir() / "variants"
+    again = verify.recompute_under({"no_such_field": 3}, {}, threads=1, code=tmp_path)
+    other = verify.recompute_under({"no_such_field": 3}, {"MKL_CBWR": "COMPATIBLE"}, threads=1, code=tmp_path)
+    assert again["cache"] == fresh["cache"] != other["cache"]
+
+
+def test_a_variants_cache_shares_the_model_files_and_streams_and_keeps_its_checkpoints_and_generated_text(
+        tmp_path, monkeypatch):
+    monkeypatch.setenv("RECONLIB_CACHE", str(tmp_path))
+    one, two = verify.variant_cache({"MKL_CBWR": "COMPATIBLE"}), verify.variant_cache({"ATEN_CPU_CAPABILITY": "default"})
+    for name in ("gguf", "models", "dense"):
+        assert (one / name).resolve() == (two / name).resolve() == (models.cache_dir() / name).resolve()
+    (one / "checkpoints" / "a-run").mkdir(parents=True)
+    (one / "selfgen").mkdir()
+    assert not (two / "checkpoints").exists() and not (two / "selfgen").exists()
+    assert not (models.cache_dir() / "checkpoints" / "a-run").exists()
 
 
 def test_code_of_a_record_is_none_for_todays_code_and_refuses_a_code_no_checkout_holds():
