@@ -130,11 +130,11 @@ def compute(config: RunConfig, progress: bool = True, out: str | Path | None = N
         extra = torch.cat([self_generated(model, tokenizer, config.self_gen, config.seq_len, seed=config.seed,
                                           text_len=2 * config.seq_len, model_name=config.model), extra])
     before = time.perf_counter()
+    checkpoint = None if blocks or not resumable \
+        else models.cache_dir() / "checkpoints" / (config.key() + models.local_stamp(config.model))
     result = reconstruct.prune(model, config, calib, test, extra, progress=progress,
                                store=models.cache_dir() / "dense", model_id=models.model_id(config.model),
-                               checkpoint=None if blocks or not resumable
-                               else models.cache_dir() / "checkpoints" / (config.key() + models.local_stamp(config.model)),
-                               blocks=blocks, holdout=holdout)
+                               checkpoint=checkpoint, blocks=blocks, holdout=holdout)
     # result.seconds counts the pruning done before a kill too (its checkpoint keeps it): so does total
     resumed = result.seconds - (time.perf_counter() - before)
     if blocks is not None:
@@ -171,4 +171,6 @@ def compute(config: RunConfig, progress: bool = True, out: str | Path | None = N
         record["self_gen_sample"] = tokenizer.decode(extra[0], skip_special_tokens=True)
     if out is not None and blocks is None:
         models.save_pruned(model.cpu(), tokenizer, out, config.to_dict())
+    if checkpoint:  # kept through the evaluation (reconstruct.prune), needed no more
+        shutil.rmtree(checkpoint, ignore_errors=True)
     return seal(record)

@@ -204,7 +204,11 @@ def test_a_killed_run_resumes_at_its_checkpoint_and_ends_identical(windows, tmp_
     assert resumed.unit_loss == whole.unit_loss and resumed.sparsity == whole.sparsity
     assert all(torch.equal(resumed.masks[i][n], whole.masks[i][n]) for i in whole.masks for n in whole.masks[i])
     assert all(torch.equal(a, b) for a, b in zip(resumed_params, whole_params))
-    assert not (tmp_path / "ckpt").exists()  # removed once the run ends
+    # the finished pass stays for a kill in the evaluation after it: the same call again trains nothing
+    again.clear()
+    finished, finished_params = run(tmp_path / "ckpt")
+    assert again == [] and finished.block_error == whole.block_error and finished.sparsity == whole.sparsity
+    assert all(torch.equal(a, b) for a, b in zip(finished_params, whole_params))
 
 
 @pytest.mark.parametrize("criterion", ["wanda", "sparsegpt"])

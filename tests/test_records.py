@@ -5,6 +5,8 @@ import pytest
 from reconlib import checkpoints, pipeline, records, reconstruct, verify
 from reconlib.config import profile
 
+from conftest import interrupt_after
+
 
 def smoke(**kw):
     return profile("smoke", **{"recon": "br", **kw})
@@ -105,6 +107,26 @@ def test_a_resumed_run_counts_its_time_before_the_kill(monkeypatch):
     monkeypatch.setattr(checkpoints, "resume", lambda *a: (lambda t, s: (t, s + 1000.0))(*real_resume(*a)))
     seconds = records.run(config, progress=False)["seconds"]
     assert seconds["prune"] >= 1000.0 and seconds["total"] >= seconds["prune"]
+
+
+def test_a_run_killed_in_its_evaluation_resumes_without_pruning_again(monkeypatch):
+    """The pruning pass outlives a kill in the evaluation after it (a third of a Gemma 3 run): the same call again
+    trains nothing, writes the uninterrupted run's record, and then removes its checkpoint."""
+    from reconlib import evaluate, models
+
+    config = smoke(recon="br+gp", epochs=1, seed=6)
+    whole = pipeline.compute(config, progress=False, resumable=False)
+    real_nll, real_train, trained = evaluate.window_nll, reconstruct.train, []
+    monkeypatch.setattr(evaluate, "window_nll", interrupt_after(real_nll, 0, []))
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.compute(config, progress=False)
+    folder = models.cache_dir() / "checkpoints" / (config.key() + models.local_stamp(config.model))
+    assert (folder / "state.pt").is_file()
+    monkeypatch.setattr(evaluate, "window_nll", real_nll)
+    monkeypatch.setattr(reconstruct, "train", lambda *a, **k: trained.append(1) or real_train(*a, **k))
+    resumed = pipeline.compute(config, progress=False)
+    assert trained == [] and verify.judge(whole, resumed)["worst"] == 0.0  # every number, bit for bit
+    assert not folder.exists()
 
 
 def test_the_provenance_head_counts_the_dense_records_compute_too():
