@@ -13,7 +13,7 @@ from . import atomic
 EVERY = 120.0  # seconds between checkpoints (taken at unit boundaries); a 7B unit takes minutes
 
 
-def save(folder: Path, state, t: int, elapsed: float) -> None:
+def save(folder: Path, state, t: int, elapsed: tuple[float, float]) -> None:
     """The pass before unit t: blocks the streams have passed are final and written once each; the rest (blocks
     in flight, their dense copies, the streams, the results so far) is rewritten each time."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -27,15 +27,15 @@ def save(folder: Path, state, t: int, elapsed: float) -> None:
                  folder / "state.pt")
 
 
-def resume(folder: Path, state) -> tuple[int, float]:
-    """Load what `save` wrote into `state` → (the first unit to run, seconds already spent); (0, 0.0) when the
-    folder holds nothing."""
+def resume(folder: Path, state) -> tuple[int, tuple[float, float]]:
+    """Load what `save` wrote into `state` → (the first unit to run, (wall, CPU) seconds already spent); (0, (0, 0))
+    when the folder holds nothing."""
     if not (folder / "state.pt").is_file():
-        return 0, 0.0
+        return 0, (0.0, 0.0)
     saved = torch.load(folder / "state.pt", weights_only=False)
     if saved.get("writer") != writer():  # another code version or CPU: its blocks would mix into this run's numbers
         shutil.rmtree(folder)
-        return 0, 0.0
+        return 0, (0.0, 0.0)
     for i in range(saved["pos"]):
         state.layers[i].load_state_dict(torch.load(folder / f"block{i}.pt"))
     for i, sd in saved["blocks"].items():

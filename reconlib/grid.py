@@ -152,9 +152,11 @@ def setup(namespace: dict, fixed: tuple = (), single: bool = False) -> str:
     return name
 
 
-def ppl_time(record: dict) -> tuple[float, int]:
-    """A record's perplexity pass → (seconds, windows evaluated), over its test sets."""
-    return (sum(v for k, v in record["seconds"].items() if k.startswith("ppl_")),
+def ppl_time(record: dict, seconds: dict | None = None) -> tuple[float, int]:
+    """A record's perplexity pass → (seconds, windows evaluated), over its test sets; `seconds`: its phases timed
+    another way than its wall seconds (own_seconds)."""
+    seconds = record["seconds"] if seconds is None else seconds
+    return (sum(v for k, v in seconds.items() if k.startswith("ppl_")),
             sum(len(v) for v in record.get("ppl_windows", {}).values()))
 
 
@@ -185,10 +187,18 @@ def slowdowns(done: list[dict]) -> list[float]:
     return [x / fastest[kind(r)] if x else 1.0 for r, x in zip(done, rates)]
 
 
+def own_seconds(done: list[dict]) -> list[dict]:
+    """Each record's phase seconds as on cores of its own: its CPU seconds (clock.py) where it keeps them, else its
+    wall seconds over its `slowdowns`, the proxy for records written before they were kept (it reads a whole run
+    off its perplexity pass, and so misreads one whose phases met different loads: Gemma 3's CR seed 0 at 80 × 512
+    spent 1,248 s outside perplexity and read 427)."""
+    return [r.get("cpu_seconds") or {k: v / f for k, v in r["seconds"].items()} for r, f in zip(done, slowdowns(done))]
+
+
 def hours(todo: list[RunConfig]) -> float:
     """About how many CPU-hours (one thread, on cores of its own) `todo` takes. The perplexity pass and the rest of
     a run are priced apart, each at its model's median seconds per million tokens over the records at hand (the
-    book's committed store where there are none), each record's time divided by its `slowdowns`: a perplexity
+    book's committed store where there are none), each record's times as on cores of its own (own_seconds): a perplexity
     token goes through the output head, which pruning never does, and Gemma 3's 262k-word head costs it about twice
     its blocks: at one rate, Gemma 3's BR+GP at 80 × 512 windows read 538 s off its 32 × 128 runs, and took 2,117
     beside nothing but the grid (1,239 priced apart; SmolLM2's within 6%). The rates are this CPU's where the store
@@ -202,13 +212,13 @@ def hours(todo: list[RunConfig]) -> float:
         f for f in sorted(book.glob("*.json")) if not f.name.startswith("dense-")).values())
     here = cpu(provenance.machine())
     ppl, rest = {}, {}  # model → [(whether this CPU's, seconds per million tokens)]
-    for r, slow in zip(done, slowdowns(done)):
+    for r, times in zip(done, own_seconds(done)):
         c = from_dict(r["config"])
         own = cpu(r.get("machine", {})) == here
-        seconds, windows = ppl_time(r)
+        seconds, windows = ppl_time(r, times)
         if windows:
-            ppl.setdefault(c.model, []).append((own, seconds / slow / (windows * c.eval_window / 1e6)))
-        rest.setdefault(c.model, []).append((own, (r["seconds"]["total"] - seconds) / slow / (cost(c) - ppl_tokens(c))))
+            ppl.setdefault(c.model, []).append((own, seconds / (windows * c.eval_window / 1e6)))
+        rest.setdefault(c.model, []).append((own, (times["total"] - seconds) / (cost(c) - ppl_tokens(c))))
 
     median = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
 

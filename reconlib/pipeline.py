@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from . import data, evaluate, guard, lazy, models, reconstruct
+from .clock import Clock
 from .config import RunConfig
 from .provenance import environment, pin, seal
 
@@ -35,41 +36,50 @@ def _bos(model, tokenizer, config: RunConfig) -> int | None:
 
 
 def _evaluate(model, tokenizer, config: RunConfig, bos, device) -> tuple[dict, dict, dict, dict]:
-    ppl, nll, zs, seconds = {}, {}, None, {}
+    """→ (perplexity, its windows' NLLs, zero-shot accuracy, {phase: (wall, CPU) seconds})."""
+    ppl, nll, zs, times = {}, {}, None, {}
     if not (config.ppl or config.zeroshot):  # nothing to evaluate (a --low-memory model has no blocks left)
-        return ppl, nll, zs, seconds
+        return ppl, nll, zs, times
     model.to(device)
     for name in config.ppl:
-        start = time.perf_counter()
+        clock = Clock()
         windows = data.eval_windows(name, tokenizer, config.eval_window, bos, config.max_eval_windows,
                                     spread=config.eval_len > 0)
         nll[name] = evaluate.window_nll(model, windows)
         ppl[name] = math.exp(math.fsum(nll[name]) / len(nll[name]))
-        seconds[f"ppl_{name}"] = time.perf_counter() - start
+        times[f"ppl_{name}"] = clock.read()
     if config.zeroshot:
         from .zeroshot import zero_shot
 
-        start = time.perf_counter()
+        clock = Clock()
         zs = zero_shot(model, tokenizer, list(config.zeroshot), limit=config.zeroshot_limit or None)
-        seconds["zeroshot"] = time.perf_counter() - start
-    return ppl, nll, zs, seconds
+        times["zeroshot"] = clock.read()
+    return ppl, nll, zs, times
+
+
+def _seconds(times: dict, device) -> dict:
+    """{phase: (wall, CPU)} → the record's "seconds" (wall) and, on a CPU, "cpu_seconds" (its time on cores of its
+    own, clock.py; a GPU's work is not the process's CPU time)."""
+    return {"seconds": {k: w for k, (w, _) in times.items()}} | \
+        ({"cpu_seconds": {k: c for k, (_, c) in times.items()}} if device.type == "cpu" else {})
 
 
 def compute_dense(config: RunConfig) -> dict:
     """The dense model's record: perplexity (and zero-shot accuracy) under the config's evaluation settings."""
     pin()
-    started = time.perf_counter()
+    clock = Clock()
     model, tokenizer = models.load_model(config.model)
-    loaded = time.perf_counter() - started
+    loaded = clock.read()
     bos = _bos(model, tokenizer, config)
-    ppl, nll, zs, seconds = _evaluate(model, tokenizer, config, bos, config.placement[0])
+    ppl, nll, zs, times = _evaluate(model, tokenizer, config, bos, config.placement[0])
     # the later protocol's: the scale that makes a block error comparable across models (no forward otherwise)
     scale = {name: output_mean_square(model, data.eval_windows(name, tokenizer, config.seq_len, bos, config.n_test,
                                                                spread=True)) for name in config.test_error} \
         if config.eval_len else None
     return seal({"config": dense_config(config), "ppl": ppl, "ppl_windows": nll,
                  **({"output_mean_square": scale} if scale is not None else {}),
-                 "zeroshot": zs, "seconds": {"load": loaded, **seconds}, **environment(),
+                 "zeroshot": zs, **_seconds({"load": loaded, **times}, config.placement[0]),
+                 **environment(),
                  "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
 
 
@@ -102,7 +112,7 @@ def compute(config: RunConfig, progress: bool = True, out: str | Path | None = N
     Evaluation, if the config asks for any, then loads the pruned folder whole.
     """
     pin()
-    started = time.perf_counter()
+    clock = Clock()
     blocks = None
     if low_memory:
         if config.self_gen:
@@ -129,14 +139,15 @@ def compute(config: RunConfig, progress: bool = True, out: str | Path | None = N
         # texts twice the window, as the paper cuts 1024-token windows from texts of up to 2048 tokens
         extra = torch.cat([self_generated(model, tokenizer, config.self_gen, config.seq_len, seed=config.seed,
                                           text_len=2 * config.seq_len, model_name=config.model), extra])
-    before = time.perf_counter()
+    before = clock.read()
     checkpoint = None if blocks or not resumable \
         else models.cache_dir() / "checkpoints" / (config.key() + models.local_stamp(config.model))
     result = reconstruct.prune(model, config, calib, test, extra, progress=progress,
                                store=models.cache_dir() / "dense", model_id=models.model_id(config.model),
                                checkpoint=checkpoint, blocks=blocks, holdout=holdout)
-    # result.seconds counts the pruning done before a kill too (its checkpoint keeps it): so does total
-    resumed = result.seconds - (time.perf_counter() - before)
+    # result's seconds count the pruning done before a kill too (its checkpoint keeps them): so does total
+    pruned = (result.seconds, result.cpu_seconds)
+    resumed = tuple(max(p - (now - b), 0.0) for p, now, b in zip(pruned, clock.read(), before))
     if blocks is not None:
         blocks.finish(tokenizer)
         (folder / "reconlib_config.json").write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True))
@@ -145,7 +156,10 @@ def compute(config: RunConfig, progress: bool = True, out: str | Path | None = N
         if out is None:
             shutil.rmtree(folder)
     device = config.placement[0]
-    ppl, nll, zs, seconds = _evaluate(model, tokenizer, config, bos, device)
+    ppl, nll, zs, times = _evaluate(model, tokenizer, config, bos, device)
+    timing = _seconds({"prune": pruned, **times, "total": tuple(now + r for now, r in zip(clock.read(), resumed))},
+                      device)
+    timing["seconds"] |= {"monitor": result.monitor_seconds} if config.holdout else {}
     record = {
         "key": config.key(), "config": config.to_dict(), "calib_digest": config.calib_digest,
         "sparsity": result.sparsity, "layer_sparsity": result.layer_sparsity, "block_sparsity": result.block_sparsity,
@@ -158,8 +172,7 @@ def compute(config: RunConfig, progress: bool = True, out: str | Path | None = N
         "dense_kept": result.dense_kept,  # what is left dense on purpose, and why (guard.py)
         **({"unrouted_experts": result.unrouted_experts} if result.unrouted_experts else {}),
         "unit_loss": result.unit_loss, "ppl": ppl, "ppl_windows": nll, "zeroshot": zs,
-        "seconds": {"prune": result.seconds, **seconds, "total": time.perf_counter() - started + max(resumed, 0.0),
-                    **({"monitor": result.monitor_seconds} if config.holdout else {})},
+        **timing,
         "peak_memory_mb": result.peak_memory_mb, **environment(),
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
     }

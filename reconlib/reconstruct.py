@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import admm, arch, checkpoints, criteria, guard, memory, moe, owl, refit, sparsegpt
+from .clock import Clock
 from .evaluate import window_error
 from .training import train
 from .config import RunConfig
@@ -40,6 +41,7 @@ class Result:
     unit_loss: list[float] = field(default_factory=list)          # last-epoch training loss per unit (empty for LR)
     unit_curves: list[dict] = field(default_factory=list)  # per unit with holdout: train / held-out error per epoch
     seconds: float = 0.0
+    cpu_seconds: float = 0.0                                      # the same in the process's CPU time (clock.py)
     monitor_seconds: float = 0.0                                  # of which measuring the curves
     peak_memory_mb: float = 0.0
     masks: dict = field(default_factory=dict, repr=False)  # i → {name: bool mask (True = kept)}
@@ -239,7 +241,7 @@ def prune(model, config: RunConfig, calib: torch.Tensor, test: dict[str, torch.T
     if blocks is not None and checkpoint is not None:
         raise ValueError("a block-by-block run writes its blocks as it goes and cannot resume from a checkpoint: "
                          "pass one of blocks and checkpoint")
-    start_time = time.perf_counter()
+    clock = Clock()
     device, amp = config.placement
     memory.keep_freed()
     layers = arch.blocks(model)
@@ -252,7 +254,7 @@ def prune(model, config: RunConfig, calib: torch.Tensor, test: dict[str, torch.T
     model.requires_grad_(False)
     memory.reset_peak(device)
     if len(calib) == 0:  # magnitude LR without data (config.validate allows no other): the weights alone
-        return _prune_weights(layers, config, blocks, start_time, device, kept)
+        return _prune_weights(layers, config, blocks, clock, device, kept)
     ids = calib if extra is None or len(extra) == 0 else torch.cat([calib, extra])
     x, kwargs = arch.capture(model, ids, config.batch_size)
 
@@ -266,8 +268,8 @@ def prune(model, config: RunConfig, calib: torch.Tensor, test: dict[str, torch.T
                  result=Result(test_block_error={name: [] for name in test}, dense_kept=kept), blocks=blocks)
     if config.allocation == "owl":  # from the dense blocks, before a checkpoint's pruned ones are loaded
         _allocate(state, x[:len(calib)])
-    resume_at, elapsed = checkpoints.resume(checkpoint, state) if checkpoint else (0, 0.0)
-    start_time -= elapsed
+    resume_at, spent = checkpoints.resume(checkpoint, state) if checkpoint else (0, (0.0, 0.0))
+    clock.add(spent)
     last_save = time.perf_counter()
     units = schedule(config.recon, len(layers))
     bar = tqdm(units, desc=f"{config.criterion} {config.sparsity} {config.recon}", disable=not progress,
@@ -276,7 +278,7 @@ def prune(model, config: RunConfig, calib: torch.Tensor, test: dict[str, torch.T
         while state.pos < unit[0]:
             state.advance()
         if checkpoint and t > resume_at and time.perf_counter() - last_save >= checkpoints.EVERY:
-            checkpoints.save(checkpoint, state, t, time.perf_counter() - start_time)
+            checkpoints.save(checkpoint, state, t, clock.read())
             last_save = time.perf_counter()
         if (loss := state.unit(t, unit)) is not None:
             bar.set_postfix(loss=f"{loss:.3g}")
@@ -286,11 +288,11 @@ def prune(model, config: RunConfig, calib: torch.Tensor, test: dict[str, torch.T
         state.advance()
     if checkpoint and resume_at < len(units):  # the finished pass: a kill in the evaluation after it (a third of a
         # Gemma 3 run at 80 × 512 windows) resumes here; the caller removes it once its record is whole
-        checkpoints.save(checkpoint, state, len(units), time.perf_counter() - start_time)
-    return _finish(state.result, layers, start_time, device)
+        checkpoints.save(checkpoint, state, len(units), clock.read())
+    return _finish(state.result, layers, clock, device)
 
 
-def _prune_weights(layers, config: RunConfig, blocks, start_time: float, device, kept: dict) -> Result:
+def _prune_weights(layers, config: RunConfig, blocks, clock: Clock, device, kept: dict) -> Result:
     """Magnitude LR without calibration windows: no forward at all, and so no error curve."""
     result = Result(dense_kept=kept)
     for i, block in enumerate(layers):
@@ -302,7 +304,7 @@ def _prune_weights(layers, config: RunConfig, blocks, start_time: float, device,
         if blocks is not None:
             blocks.done(i)
             result.masks[i] = {}
-    return _finish(result, layers, start_time, device)
+    return _finish(result, layers, clock, device)
 
 
 def _allocate(state: Pass, x: torch.Tensor) -> None:
@@ -328,11 +330,11 @@ def _final(i: int, block, config: RunConfig, result: Result, ratio: float | None
     guard.check(i, block, pattern if ratio is None else (ratio, *pattern[1:]))
 
 
-def _finish(result: Result, layers, start_time: float, device) -> Result:
+def _finish(result: Result, layers, clock: Clock, device) -> Result:
     sizes = {f"{i}.{mat.key}": mat.param.numel() for i, block in enumerate(layers)  # shapes only: lazy blocks are on meta
              for mat in arch.matrices(block).values()}
     result.sparsity = sum(round(result.layer_sparsity[k] * n) for k, n in sizes.items()) / sum(sizes.values())
     result.masks = {i: {k: v.cpu() for k, v in m.items()} for i, m in result.masks.items()}
-    result.seconds = time.perf_counter() - start_time
+    result.seconds, result.cpu_seconds = clock.read()
     result.peak_memory_mb = memory.peak_mb(device)
     return result

@@ -311,10 +311,10 @@ def _mixed(rows: list[dict]) -> pd.DataFrame:
 
 def unloaded(done: list[dict]) -> tuple[float, list[float], list[float]]:
     """Runs' records → (seconds a perplexity window, each run's perplexity seconds, each run's total seconds) as on
-    cores of their own: each run's times divided by its grid.slowdowns, the rate the fastest run's."""
-    slow, times = grid.slowdowns(done), [grid.ppl_time(r) for r in done]
-    rate = min(t / n / f for (t, n), f in zip(times, slow))
-    return rate, [t / f for (t, _), f in zip(times, slow)], [r["seconds"]["total"] / f for r, f in zip(done, slow)]
+    cores of their own (grid.own_seconds), the rate the fastest run's."""
+    own = grid.own_seconds(done)
+    times = [grid.ppl_time(r, s) for r, s in zip(done, own)]
+    return min(t / n for t, n in times), [t for t, _ in times], [s["total"] for s in own]
 
 
 def evaluation_cost(profile: str, deciding: list[dict] | None = None) -> str:

@@ -88,7 +88,8 @@ def test_low_memory_gives_the_same_record(tmp_path):
 
 
 def test_a_resumed_run_counts_its_time_before_the_kill(monkeypatch):
-    """seconds.total of a run killed and resumed includes the pruning its checkpoint kept (seconds.prune)."""
+    """seconds.total of a run killed and resumed includes the pruning its checkpoint kept (seconds.prune), in wall
+    and in CPU seconds."""
     config = smoke(recon="br+gp", epochs=1, seed=5)
     monkeypatch.setattr(checkpoints, "EVERY", 0.0)
     real_train, real_resume, calls = reconstruct.train, checkpoints.resume, []
@@ -103,10 +104,13 @@ def test_a_resumed_run_counts_its_time_before_the_kill(monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         records.run(config, progress=False)
     monkeypatch.setattr(reconstruct, "train", real_train)
-    # as if the killed run had pruned for 1000 s before its checkpoint
-    monkeypatch.setattr(checkpoints, "resume", lambda *a: (lambda t, s: (t, s + 1000.0))(*real_resume(*a)))
-    seconds = records.run(config, progress=False)["seconds"]
-    assert seconds["prune"] >= 1000.0 and seconds["total"] >= seconds["prune"]
+    # as if the killed run had pruned for 1000 s before its checkpoint, 400 of them on a core (clock.py)
+    monkeypatch.setattr(checkpoints, "resume", lambda *a: (lambda t, s: (t, (s[0] + 1000.0, s[1] + 400.0)))(
+        *real_resume(*a)))
+    record = records.run(config, progress=False)
+    for times, before in ((record["seconds"], 1000.0), (record["cpu_seconds"], 400.0)):
+        assert times["prune"] >= before and times["total"] >= times["prune"]
+    assert record["cpu_seconds"]["prune"] < 1000.0
 
 
 def test_a_run_killed_in_its_evaluation_resumes_without_pruning_again(monkeypatch):
@@ -127,6 +131,10 @@ def test_a_run_killed_in_its_evaluation_resumes_without_pruning_again(monkeypatc
     resumed = pipeline.compute(config, progress=False)
     assert trained == [] and verify.judge(whole, resumed)["worst"] == 0.0  # every number, bit for bit
     assert not folder.exists()
+    # the killed process's pruning is counted in CPU seconds too, though the last process pruned nothing
+    assert resumed["cpu_seconds"]["prune"] > 0.5 * whole["cpu_seconds"]["prune"] > 0
+    assert resumed["cpu_seconds"]["total"] > resumed["cpu_seconds"]["prune"] + resumed["cpu_seconds"]["ppl_wikitext2"]
+    assert resumed["cpu_seconds"].keys() == whole["cpu_seconds"].keys() == whole["seconds"].keys()
 
 
 def test_the_provenance_head_counts_the_dense_records_compute_too():

@@ -176,7 +176,7 @@ def test_a_checkpoint_of_other_code_or_kernels_is_not_resumed(tmp_path, monkeypa
     folder.mkdir()
     torch = pytest.importorskip("torch")
     torch.save({"writer": {**checkpoints.writer(), "source_digest": "another version"}, "t": 3}, folder / "state.pt")
-    assert checkpoints.resume(folder, state=None) == (0, 0.0) and not folder.exists()
+    assert checkpoints.resume(folder, state=None) == (0, (0.0, 0.0)) and not folder.exists()
 
 
 def test_the_ladder_reads_each_volume_as_finding_2_does_and_says_when_cr_stops_overfitting():
@@ -472,6 +472,43 @@ def test_the_perplexity_pass_is_priced_at_its_own_rate_and_this_cpus_runs_first(
     assert grid.hours([more]) == pytest.approx((380.0 + 4 * 320.0) / 3600)
     monkeypatch.setattr(provenance, "machine", lambda: {"cpu_model": "Intel Xeon", "cpu_capability": "AVX2"})
     assert grid.hours([same]) == pytest.approx(3 * 700.0 / 3600)
+
+
+def test_a_runs_cpu_seconds_price_it_where_its_phases_met_different_loads(tmp_path, monkeypatch):
+    """A run whose perplexity pass had its core (2 s a window) and whose pruning ran 3x slow beside other jobs: its
+    perplexity pass reads no slowdown, so the proxy prices the next run at the slow 1,460 s; its CPU seconds, which
+    the other jobs did not inflate, price it at 700."""
+    from reconlib import grid, records
+    from reconlib.config import from_dict
+
+    monkeypatch.setenv("RECONLIB_RESULTS", str(tmp_path))
+    r = timed(1.0)
+    r["seconds"]["total"] = 320.0 + 3 * 380.0
+    records.write(records.path(from_dict(r["config"])), records.seal(r))
+    todo = [from_dict(timed(1.0, seed=1)["config"])]
+    assert grid.hours(todo) == pytest.approx(1460.0 / 3600)  # the proxy: nothing to read the pruning's load by
+    r["cpu_seconds"] = {"ppl_wikitext2": 160.0, "ppl_ptb": 160.0, "total": 700.0}
+    records.write(records.path(from_dict(r["config"])), records.seal(r))
+    assert grid.hours(todo) == pytest.approx(700.0 / 3600)
+
+
+def test_the_clock_counts_cpu_seconds_apart_from_wall_seconds():
+    """Waiting (for a core, here for a sleep) adds wall seconds and no CPU seconds; work adds both."""
+    import time
+
+    from reconlib.clock import Clock
+
+    clock = Clock()
+    time.sleep(0.3)
+    wall, cpu = clock.read()
+    assert wall >= 0.3 and cpu < 0.1
+    deadline = time.perf_counter() + 60
+    while clock.read()[1] - cpu < 0.2 and time.perf_counter() < deadline:  # work, however loaded the cores are
+        pass
+    wall2, cpu2 = clock.read()
+    assert cpu2 - cpu >= 0.2 and wall2 - wall >= cpu2 - cpu  # one thread: no more CPU than wall
+    clock.add((100.0, 50.0))  # a resumed run's seconds before its kill
+    assert clock.read()[0] > 100.0 + wall2 and clock.read()[1] > 50.0 + cpu2
 
 
 def test_the_kernel_band_is_each_metrics_largest_change_and_a_measured_record_stays_in_its_sample(tmp_path,
