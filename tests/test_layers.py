@@ -5,8 +5,8 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).parents[1] / "reconlib"
 LAYERS = [
-    {"arch", "atomic", "claims", "config", "criteria", "evaluate", "memory", "models", "paper", "refit", "sparsegpt",
-     "stats"},
+    {"arch", "atomic", "claims", "clock", "config", "criteria", "evaluate", "memory", "models", "paper", "refit",
+     "sparsegpt", "stats"},
     {"admm", "data", "moe", "selfgen", "streams", "zeroshot"},
     {"guard", "lazy", "owl", "provenance", "training"},
     {"checkpoints"},
