@@ -186,19 +186,33 @@ def machines(df: pd.DataFrame) -> str:
          "besides the method's effect")
 
 
-def mixed_pairs(df: pd.DataFrame, key: str) -> pd.DataFrame:
-    """The groups of runs a verdict compares (the same seed, and criterion or setting, across the values of `key`)
-    whose runs differ in code version (source_digest) or CPU model: each is a pair whose change carries more than
-    the method's effect. Empty is the target."""
+def _paired_by(df: pd.DataFrame, key: str, within: tuple) -> list[str]:
+    """The columns a verdict's paired runs share: the seed, and criterion or setting, besides `within`."""
+    return ["model", "seed"] + [c for c in ("criterion", "setting", "recon") if c in df and c != key] + list(within)
+
+
+def mixed_pairs(df: pd.DataFrame, key: str, within: tuple = ()) -> pd.DataFrame:
+    """The groups of runs a verdict compares (the same seed, and criterion or setting, across the values of `key`;
+    and the same value of each column in `within`, as the ladder's points) whose runs differ in code version
+    (source_digest) or CPU model: each is a pair whose change carries more than the method's effect. Empty is the
+    target."""
+    by = _paired_by(df, key, within)
     if not len(df):
-        return pd.DataFrame(columns=["model", "seed", "differs in"])
-    by = ["model", "seed"] + [c for c in ("criterion", "setting", "recon") if c in df and c != key]
+        return pd.DataFrame(columns=by + ["differs in"])
     rows = []
     for group, g in df.groupby(by, sort=False):
         what = [name for name, col in (("code version", "source"), ("CPU", "cpu")) if g[col].nunique(dropna=False) > 1]
         if what:
             rows.append(dict(zip(by, group)) | {"differs in": " and ".join(what)})
     return pd.DataFrame(rows, columns=by + ["differs in"])
+
+
+def mixing(df: pd.DataFrame, key: str, within: tuple = ()) -> str:
+    """For the page: "k of n", the groups of paired runs (mixed_pairs) that mix code versions or CPU models, of
+    all the groups that pair two or more values of `key`."""
+    by = _paired_by(df, key, within)
+    n = int((df.groupby(by, sort=False)[key].nunique() > 1).sum()) if len(df) else 0
+    return f"{len(mixed_pairs(df, key, within))} of {n}"
 
 
 def mixed_keys(df: pd.DataFrame, key: str) -> set[str]:

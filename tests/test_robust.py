@@ -548,3 +548,24 @@ def test_the_kernel_band_is_each_metrics_largest_change_and_a_measured_record_st
                   records.seal(cheaper | {"seconds": cheaper["seconds"] | {"total": 0.01}}))
     assert robust.measure_band("smoke", sample=1)["tiny-llama"]["records"] == [by_cost[0]["key"]]
     assert len(calls) == 2
+
+
+def test_mixing_counts_the_groups_that_pair_two_code_versions_of_all_the_groups_a_page_pairs():
+    # the ladder: each point's BR+GP / CR pair on one code version, the two points on two: no pair mixes, though
+    # a seed's runs do when the points are not told apart
+    rows = [dict(model="m", seed=0, criterion="sparsegpt", recon=r, n_calib=n, seq_len=128, key=f"{n}{r}", cpu="A",
+                 source=v) for n, v in ((64, "v1"), (256, "v2")) for r in ("br+gp", "br+gp+cr")]
+    ladder = pd.DataFrame(rows)
+    assert findings.mixing(ladder, "recon", within=("n_calib", "seq_len")) == "0 of 2"
+    assert findings.mixing(ladder, "recon") == "1 of 1"
+    ladder.loc[ladder.key == "256br+gp", "source"] = "v1"
+    assert findings.mixing(ladder, "recon", within=("n_calib", "seq_len")) == "1 of 2"
+    # finding 1 beside the exact LR: a later code version's exact-LR run mixes its seed's group; ADMM's lone LR
+    # pairs with nothing and is no group
+    f1 = [dict(model="m", seed=s, criterion=c, recon=r, key=f"{s}{c}{r}", cpu="A", source="v1")
+          for s in (0, 1) for c in ("wanda",) for r in ("lr", "br")]
+    exact = f1 + [dict(model="m", seed=0, criterion="wanda", recon="exact lr", key="x", cpu="A", source="v2"),
+                  dict(model="m", seed=0, criterion="admm", recon="lr", key="a", cpu="A", source="v2")]
+    assert findings.mixing(pd.DataFrame(f1), "recon") == "0 of 2"
+    assert findings.mixing(pd.DataFrame(exact), "recon") == "1 of 2"
+    assert findings.mixing(pd.DataFrame(exact).iloc[:0], "recon") == "0 of 0"
