@@ -2,7 +2,8 @@
 #
 #   make test                      venv + library + pytest
 #   make book [PROFILE=cpu]        papermill every notebook, build the book, check it in a browser
-#   make records [WORKERS=2] [REV=d5c415d]  the missing records of the book's grid → book/records (resumable)
+#   make records [WORKERS=2] [REV=d5c415d] [ONLY=baselines,ladder]  the missing records of the book's grid
+#                                  → book/records (resumable)
 #   make audit                     recompute one record of each code version in the store → book/audit.md (resumable)
 #   make check-pages               only the browser check of an already built book
 #   make lab                       Jupyter Lab with the project's kernel ("reconlib")
@@ -35,6 +36,8 @@ COMPUTE ?= 0
 # the commit whose library computes the verdict runs of findings 2 and 3 (`make records REV=...`, below)
 VERDICT_REV := d5c415d
 REV ?=
+# grid groups to compute, the rest left alone (`reconlib grid --help`): a grid pinned to a commit for its own groups
+ONLY ?=
 
 # The WikiText-2/PTB files live beside the repository; they are read in place, never copied in
 # (left empty when ../shared/data is missing: the corpora then come from the Hub).
@@ -101,14 +104,15 @@ book: execute tables html check-pages
 # The grid of runs the book reads, $(WORKERS) side by side with one thread each; resumes where it stopped.
 # REV: compute them with the library as it was at that commit (a git worktree under .grid/), so that runs computed
 # over several sessions share one code version (source_digest) while the library moves on: the verdict runs of
-# findings 2 and 3 are REV=$(VERDICT_REV)'s. Records go to this checkout's store either way.
+# findings 2 and 3 are REV=$(VERDICT_REV)'s. Records go to this checkout's store either way. ONLY: those groups'
+# runs alone, so a grid pinned to a later commit computes its own groups and leaves the verdict runs to theirs.
 records: $(STAMP)
 ifeq ($(REV),)
-	OMP_NUM_THREADS=1 $(BIN)/python -m reconlib grid --profile $(PROFILE) --workers $(WORKERS)
+	OMP_NUM_THREADS=1 $(BIN)/python -m reconlib grid --profile $(PROFILE) --workers $(WORKERS) $(if $(ONLY),--only $(ONLY))
 else
 	test -d .grid/$(REV) || git worktree add --detach .grid/$(REV) $(REV)
 	cd .grid/$(REV) && OMP_NUM_THREADS=1 PYTHONPATH=$(abspath .grid/$(REV)) $(abspath $(BIN))/python -m reconlib grid \
-	  --profile $(PROFILE) --workers $(WORKERS)
+	  --profile $(PROFILE) --workers $(WORKERS) $(if $(ONLY),--only $(ONLY))
 endif
 
 # (a) papermill runs each notebook from notebooks/ (so relative paths work) into the gitignored book/_executed

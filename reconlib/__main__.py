@@ -142,23 +142,19 @@ def _report(args) -> dict:
 def cmd_grid(args) -> dict:
     from . import grid, parallel
 
-    todo = grid.missing(args.profile)
+    only = tuple(g.strip() for g in args.only.split(",") if g.strip()) if args.only else ()
+    todo = grid.missing(args.profile, only)
     if args.dry_run:
-        groups = {"dense and findings 1-3": {c.key() for c in grid.paper_runs(args.profile)},
-                  "baselines (exact LR, ADMM, OWL)": {c.key() for cs in grid.baseline_cells(args.profile).values() for c in cs},
-                  "calibration ladder": {c.key() for m in grid.grid(args.profile).models
-                                         for c in grid.ladder_cells(args.profile, m)}}
-        # the groups apart: a store can be complete for the paper's findings before the rest
-        first = next(iter(groups))  # the dense evaluations count with the paper's findings
-        by = {name: [c for kind, c in todo if (kind == "dense" and name == first) or (kind == "run" and c.key() in keys)]
-              for name, keys in groups.items()}
-        by["finding 4"] = [c for kind, c in todo if kind != "dense" and not any(c.key() in k for k in groups.values())]
+        groups = grid.group_of(args.profile)
+        by = {label: [c for kind, c in todo if groups.get(c.key(), "paper" if kind == "dense" else None) == name]
+              for name, label in grid.GROUPS.items() if not only or name in only}
         hours = {k: grid.hours(v) for k, v in by.items()}  # each call reads the store: once a group, not again for all
         return {"missing": len(todo), "missing_by_finding": {k: len(v) for k, v in by.items()},
                 "cpu_hours_by_finding": {k: round(h, 1) for k, h in hours.items()},
                 "cpu_hours": round(sum(hours.values()), 1),
                 "runs": [grid.label(kind, c) for kind, c in todo]}
-    done = parallel.compute(args.profile, workers=args.workers, executor=args.executor, address=args.address)
+    done = parallel.compute(args.profile, workers=args.workers, executor=args.executor, address=args.address,
+                            only=only)
     return {"computed": len(done), "seconds": sum(s for _, _, s in done)}
 
 
@@ -195,6 +191,8 @@ def main(argv=None) -> int:
     p.add_argument("--profile", default="cpu")
     p.add_argument("--workers", type=int, default=1, help="runs side by side, one thread each")
     p.add_argument("--dry-run", action="store_true", help="list the missing runs, compute nothing")
+    p.add_argument("--only", default="", help="comma-separated groups, the rest left alone: paper (dense and "
+                   "findings 1-3), baselines (exact LR, ADMM, OWL), ladder (calibration sizes), early-stop (finding 4)")
     p.add_argument("--executor", choices=("process", "ray"), default="process",
                    help="process: a local pool; ray: a Ray cluster (pip install 'reconlib[distributed]')")
     p.add_argument("--address", help="ray: a running cluster ('auto', 'ray://head:10001'); none = a local one")

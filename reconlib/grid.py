@@ -447,12 +447,33 @@ def cost(config: RunConfig) -> float:
     return (tokens + LOAD) / 1e6 + ppl_tokens(config)
 
 
-def missing(profile: str) -> list[tuple[str, RunConfig]]:
+# the grid's runs by what asked for them, each name → its label: a store can be whole for the paper's findings
+# before the rest, and a grid pinned to one commit (make records REV=…) computes only the groups that are its
+GROUPS = {"paper": "dense and findings 1-3", "baselines": "baselines (exact LR, ADMM, OWL)",
+          "ladder": "calibration ladder", "early-stop": "finding 4"}
+
+
+def group_of(profile: str) -> dict[str, str]:
+    """Run key → the GROUPS name it counts in (the dense evaluations count with the paper's findings)."""
+    out = {c.key(): "ladder" for m in grid(profile).models for c in ladder_cells(profile, m)}
+    out |= {c.key(): "baselines" for cells in baseline_cells(profile).values() for c in cells}
+    out |= {c.key(): "paper" for c in paper_runs(profile)}
+    return {c.key(): out.get(c.key(), "early-stop") for c in runs(profile)}
+
+
+def missing(profile: str, only: tuple[str, ...] = ()) -> list[tuple[str, RunConfig]]:
+    """The runs not in the store, ("dense" | "run", config), in the pages' order (first model, seeds, finding 1
+    first: a partial store is a useful one); `only`: those of these GROUPS."""
     from . import records
 
+    if unknown := set(only) - set(GROUPS):
+        raise ValueError(f"no group {', '.join(sorted(unknown))} in the grid: choose among {', '.join(GROUPS)}")
     todo = [("dense", c) for c in dense_runs(profile) if not records.dense_path(c).is_file()]
     todo += [("run", c) for c in runs(profile) if not records.path(c).is_file()]
-    return todo  # in the pages' order (first model, seeds, finding 1 first): a partial store is a useful one
+    if not only:
+        return todo
+    groups = group_of(profile)
+    return [(kind, c) for kind, c in todo if (kind == "dense" and "paper" in only) or groups.get(c.key()) in only]
 
 
 def label(kind: str, config: RunConfig) -> str:

@@ -82,17 +82,18 @@ def _ray(todo: list, workers: int, address: str | None):
 
 
 def compute(profile: str, workers: int = 1, progress: bool = True, executor: str = "process",
-            address: str | None = None) -> list:
+            address: str | None = None, only: tuple[str, ...] = ()) -> list:
     """Compute every missing record of the grid, `workers` runs side by side with one thread each (a process
     pool, or Ray with `executor="ray"`); the driver writes each record the moment its run ends, so a killed
     grid loses only the runs in flight (and a long one resumes at its checkpoint). Each run is claimed before it
     starts (claims.py), so grids sharing the store compute each run once between them; Ray's driver claims its
-    runs as it submits them, all at once. → (kind, config, seconds) of the runs this process computed."""
+    runs as it submits them, all at once. `only`: the runs of these grid.GROUPS alone.
+    → (kind, config, seconds) of the runs this process computed."""
     from tqdm.auto import tqdm
 
     from . import records
 
-    todo = grid.missing(profile)
+    todo = grid.missing(profile, only)
     done = []
     if not todo:
         return done

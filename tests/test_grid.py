@@ -257,3 +257,20 @@ def test_issue_39s_rows_are_a_group_of_their_own():
     assert all(c.refit != (c.criterion == "admm") and c.recon == "lr" for c in exact)
     assert len(owl) == 8 * (5 + 3) and {c.sparsity for c in owl} == {"0.7"}
     assert sum(c.allocation == "owl" for c in owl) == len(owl) // 2 and not any(c.zeroshot for c in owl)
+
+
+def test_only_keeps_a_grid_to_its_groups_and_a_group_it_does_not_know_is_refused_by_name(capsys):
+    from reconlib.__main__ import main
+    ladder = {c.key() for c in grid.ladder_cells("smoke", "tiny-llama")}
+    baselines = {c.key() for cells in grid.baseline_cells("smoke").values() for c in cells}
+    assert {c.key() for _, c in grid.missing("smoke", ("ladder",))} == ladder
+    both = grid.missing("smoke", ("baselines", "ladder"))
+    assert {kind for kind, _ in both} == {"run"} and {c.key() for _, c in both} == ladder | baselines
+    paper = grid.missing("smoke", ("paper",))  # the dense evaluations count with the paper's findings
+    assert {kind for kind, _ in paper} == {"dense", "run"} and not {c.key() for _, c in paper} & (ladder | baselines)
+    assert len(grid.missing("smoke", tuple(grid.GROUPS))) == len(grid.missing("smoke"))
+    main(["grid", "--profile", "smoke", "--dry-run", "--json", "--only", "ladder"])
+    out = json.loads(capsys.readouterr().out)
+    assert out["missing_by_finding"] == {"calibration ladder": len(ladder)} and out["missing"] == len(ladder)
+    with pytest.raises(ValueError, match="no group ladders in the grid: choose among paper, baselines, ladder"):
+        grid.missing("smoke", ("ladders",))
