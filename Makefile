@@ -122,7 +122,7 @@ execute: $(STAMP_BOOK)
 	mkdir -p $(EXECUTED)
 	@# the embedded GGUF models converted here, once a machine, rather than on whichever page first touches one
 	$(BIN)/python -c "from reconlib import models; [models.resolve(m) for m in sorted(models.EMBEDDED)]"
-	@$(BIN)/python -c "from reconlib import grid; n = len(grid.missing('$(PROFILE)')); n and print(f'make book: {n} runs of the $(PROFILE) grid are missing from $(RECONLIB_RESULTS): ' + ('the notebooks compute them one by one (hours on a CPU)' if $(COMPUTE) else 'the pages leave them out and say so (COMPUTE=1 computes them)') + '; make records WORKERS=2 computes them side by side')"
+	@$(BIN)/python -c "from reconlib import grid; n = len(grid.missing('$(PROFILE)')); n and print(f'make book: {n} runs of the $(PROFILE) grid are missing from $(RECONLIB_RESULTS): ' + ('the notebooks compute them one by one (hours on a CPU)' if $(COMPUTE) else 'the pages leave them out and say so (COMPUTE=1 computes them)') + '; make records REV=$(VERDICT_REV) and make records REV=$(BASELINE_REV) ONLY=baselines,ladder compute them side by side, each with the code of its group in the store')"
 	for nb in $(NOTEBOOKS); do \
 	  RECONLIB_COMPUTE=$(COMPUTE) $(BIN)/papermill "$$nb" "$(EXECUTED)/$$(basename $$nb)" -p profile $(PROFILE) \
 	    --cwd notebooks --kernel $(KERNEL) || exit 1; \
