@@ -146,7 +146,7 @@ def cmd_grid(args) -> dict:
     todo = grid.missing(args.profile, only)
     if args.dry_run:
         groups = grid.group_of(args.profile)
-        by = {label: [c for kind, c in todo if groups.get(c.key(), "paper" if kind == "dense" else None) == name]
+        by = {label: [c for _, c in todo if groups[c.key()] == name]
               for name, label in grid.GROUPS.items() if not only or name in only}
         hours = {k: grid.hours(v) for k, v in by.items()}  # each call reads the store: once a group, not again for all
         return {"missing": len(todo), "missing_by_finding": {k: len(v) for k, v in by.items()},

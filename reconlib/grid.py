@@ -456,11 +456,11 @@ GROUPS = {"paper": "dense and findings 1-3", "baselines": "baselines (exact LR, 
 
 
 def group_of(profile: str) -> dict[str, str]:
-    """Run key → the GROUPS name it counts in (the dense evaluations count with the paper's findings)."""
+    """Run key (the dense evaluations' too, which count with the paper's findings) → the GROUPS name it counts in."""
     out = {c.key(): "ladder" for m in grid(profile).models for c in ladder_cells(profile, m)}
     out |= {c.key(): "baselines" for cells in baseline_cells(profile).values() for c in cells}
-    out |= {c.key(): "paper" for c in paper_runs(profile)}
-    return {c.key(): out.get(c.key(), "early-stop") for c in runs(profile)}
+    out |= {c.key(): "paper" for c in paper_runs(profile) + dense_runs(profile)}
+    return {c.key(): out.get(c.key(), "early-stop") for c in runs(profile) + dense_runs(profile)}
 
 
 def missing(profile: str, only: tuple[str, ...] = ()) -> list[tuple[str, RunConfig]]:
@@ -475,7 +475,7 @@ def missing(profile: str, only: tuple[str, ...] = ()) -> list[tuple[str, RunConf
     if not only:
         return todo
     groups = group_of(profile)
-    return [(kind, c) for kind, c in todo if (kind == "dense" and "paper" in only) or groups.get(c.key()) in only]
+    return [(kind, c) for kind, c in todo if groups[c.key()] in only]
 
 
 def label(kind: str, config: RunConfig) -> str:
