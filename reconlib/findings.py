@@ -166,19 +166,20 @@ def row(record: dict, subset: int) -> dict:
     return out
 
 
-def machines(df: pd.DataFrame) -> str:
-    """In words, the seeds whose runs (on this page) come from more than one CPU model. Kernel rounding differs
-    between CPUs (up to ~2% past SmolLM2's block 11: the reproducibility page), so a paired change whose two
-    arms come from two CPUs carries that difference besides the method's effect."""
+def machines(df: pd.DataFrame, key: str, within: tuple = ()) -> str:
+    """In words, the seeds whose paired runs (the groups mixed_pairs reads: one seed, and criterion or setting,
+    across the values of `key`) come from more than one CPU model. Kernel rounding differs between CPUs (up to ~2%
+    past SmolLM2's block 11: the reproducibility page), so such a pair's change carries that difference besides
+    the method's effect. Two criteria of one seed on two CPUs are no such pair: no verdict compares them."""
     if not len(df) or "cpu" not in df:
         return stats.NONE
 
     def names(cpus) -> str:
         return "; ".join("older records that name none" if c == UNNAMED else c for c in sorted(cpus))
 
-    mixed = df[df.groupby(["model", "seed"], sort=False).cpu.transform("nunique") > 1]
+    mixed = df[df.groupby(_paired_by(df, key, within), sort=False).cpu.transform("nunique") > 1]
     if not len(mixed):
-        return f"each seed's runs come from one CPU model (over all seeds: {names(df.cpu.unique())})"
+        return f"each pair's runs come from one CPU model (over all pairs: {names(df.cpu.unique())})"
     return "; ".join(f"{m} seed{'s' * (g.seed.nunique() > 1)} {', '.join(map(str, g.seed.unique()))} "
                      f"pair{'s' * (g.seed.nunique() == 1)} runs of different CPUs ({names(g.cpu.unique())})"
                      for m, g in mixed.groupby("model", sort=False)) + \
@@ -187,8 +188,10 @@ def machines(df: pd.DataFrame) -> str:
 
 
 def _paired_by(df: pd.DataFrame, key: str, within: tuple) -> list[str]:
-    """The columns a verdict's paired runs share: the seed, and criterion or setting, besides `within`."""
-    return ["model", "seed"] + [c for c in ("criterion", "setting", "recon") if c in df and c != key] + list(within)
+    """The columns a verdict's paired runs share: the seed, and criterion or setting, besides `within`. Not the
+    scheme, even where `key` is another column: finding 4 reads CR's step (BR+GP → BR+GP+CR) in each variant, and
+    OWL's section its gain at LR against at BR+GP, so a seed's runs across schemes are one group."""
+    return ["model", "seed"] + [c for c in ("criterion", "setting") if c in df and c != key] + list(within)
 
 
 def mixed_pairs(df: pd.DataFrame, key: str, within: tuple = ()) -> pd.DataFrame:

@@ -190,7 +190,7 @@ def answer(df: pd.DataFrame, setting_: str) -> str:
 
 def machines(df: pd.DataFrame, setting_: str) -> str:
     """findings.machines on the overfitting setting's runs: the ones the verdicts pair."""
-    return findings.machines(_in(df, setting_))
+    return findings.machines(_in(df, setting_), "recon")
 
 
 def cost(df: pd.DataFrame) -> str:

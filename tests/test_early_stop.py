@@ -162,7 +162,7 @@ def test_machines_names_the_seeds_whose_arms_come_from_two_cpus():
     df = pd.DataFrame(dict(model=["m"] * 5, seed=[0, 0, 1, 1, 2], setting=["16 × 8"] * 4 + ["64 × 2"],
                            cpu=["A", "B", "A", "A", "B"]))
     assert stopping.machines(df, "16 × 8").startswith("m seed 0 pairs runs of different CPUs (A; B): their changes carry")
-    assert stopping.machines(df[df.seed > 0], "16 × 8") == "each seed's runs come from one CPU model (over all seeds: A)"
+    assert stopping.machines(df[df.seed > 0], "16 × 8") == "each pair's runs come from one CPU model (over all pairs: A)"
     assert stopping.machines(df, "4 × 8") == "not measured yet"
     # a record older than CPU names is not taken for another CPU's name
     older = df.assign(cpu=["A", findings.UNNAMED, "A", "A", "B"])

@@ -569,3 +569,20 @@ def test_mixing_counts_the_groups_that_pair_two_code_versions_of_all_the_groups_
     assert findings.mixing(pd.DataFrame(f1), "recon") == "0 of 2"
     assert findings.mixing(pd.DataFrame(exact), "recon") == "1 of 2"
     assert findings.mixing(pd.DataFrame(exact).iloc[:0], "recon") == "0 of 0"
+    # finding 4 reads CR's step inside each variant: a seed whose BR+GP runs are one code version and whose CR runs
+    # another mixes every step it reads, though each scheme's variants agree
+    f4 = pd.DataFrame([dict(model="m", seed=0, criterion="sparsegpt", setting="16 × 8", recon=r, variant=v,
+                            key=f"{r}{v}", cpu="A", source={"br+gp": "v1", "br+gp+cr": "v2"}[r])
+                       for r in ("br+gp", "br+gp+cr") for v in ("fixed", "early stop")])
+    assert findings.mixing(f4, "variant") == "1 of 1"
+    assert findings.mixed_keys(f4, "variant") == set(f4.key)
+    assert findings.mixing(f4.assign(source="v2"), "variant") == "0 of 1"
+
+
+def test_machines_names_only_seeds_whose_paired_runs_come_from_two_cpus():
+    # finding 1: seed 0's Wanda pair on CPU A and its SparseGPT pair on CPU B compare nothing across CPUs
+    rows = pd.DataFrame([dict(model="m", seed=0, criterion=c, recon=r, cpu=cpu)
+                         for c, cpu in (("wanda", "A"), ("sparsegpt", "B")) for r in ("lr", "br")])
+    assert findings.machines(rows, "recon") == "each pair's runs come from one CPU model (over all pairs: A; B)"
+    rows.loc[3, "cpu"] = "A"  # SparseGPT's BR now on A, its LR on B: that pair is mixed
+    assert findings.machines(rows, "recon").startswith("m seed 0 pairs runs of different CPUs (A; B): their changes")
