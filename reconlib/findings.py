@@ -323,86 +323,6 @@ def verdict_error_reduction(df: pd.DataFrame) -> dict:
     return judge("1. BR, GP and CR each lower the final error", parts, "% of the step's start")
 
 
-# ------------------------------------------------------------------ finding 1 against the exact layer-wise solve
-def exact_lr(profile: str, model: str, progress: bool = True) -> pd.DataFrame:
-    """Finding 1's rows with the layer-wise baselines beside them: each criterion's LR with its survivors refit by
-    least squares (recon "exact lr") and ADMM's LR (criterion "admm")."""
-    f1 = error_reduction(profile, model, progress)
-    base = table([c for c in grid.baseline_cells(profile)["exact lr"] if c.model == model], profile, progress)
-    base.loc[base.refit.astype(bool), "recon"] = "exact lr"
-    return pd.concat([f1, base], ignore_index=True) if len(base) else f1
-
-
-def cuts(df: pd.DataFrame) -> dict:
-    """The cut of BR, BR+GP and BR+GP+CR in the final error against the paper's LR and against the exact LR, per
-    criterion, in % of that LR's error, paired by seed; judged by the rule as "each scheme cuts the error below the
-    exact LR" → judge's dict plus `table` (criterion × scheme: both cuts side by side)."""
-    rows, parts = [], []
-    for c in CRITERIA:
-        d = df[df.criterion == c]
-        for scheme in SCHEMES[1:]:
-            paper_lr = Part(f"{c} {LABELS[scheme]} vs LR", changes(d, "recon", "lr", scheme, "final_error", True), -1)
-            exact = Part(f"{c} final error, exact LR → {LABELS[scheme]}",
-                         changes(d, "recon", "exact lr", scheme, "final_error", True), -1)
-            parts.append(exact)
-            rows.append({"criterion": c, "scheme": LABELS[scheme], "cut vs LR %": fmt_change(paper_lr),
-                         "cut vs exact LR %": fmt_change(exact), "p": fmt_p(exact.test.p), "n": exact.test.n})
-    v = judge("1x. BR, GP and CR each lower the final error below the exact layer-wise solve", parts,
-              "% of the exact LR's error", claimed_by="claim")
-    return v | {"table": pd.DataFrame(rows)}
-
-
-def exact_answer(model: str, v: dict) -> str:
-    """One sentence: the cut of BR+GP+CR against the exact LR beside that against the paper's LR (SparseGPT), and
-    what the rule says of "each scheme beats the exact LR"."""
-    t = v["table"]
-    row = t[(t.criterion == "sparsegpt") & (t.scheme == "BR+GP+CR")]
-    if v["verdict"] == stats.NONE or not len(row):
-        return f"{model}: {stats.NONE}"
-    row = row.iloc[0]
-    return (f"{model}: BR+GP+CR cuts SparseGPT's final error by {row['cut vs exact LR %']}% against the exact LR "
-            f"(by {row['cut vs LR %']}% against the paper's LR); that every scheme beats the exact LR "
-            f"**{v['verdict']}** (n = {row['n']})")
-
-
-def admm_row(df: pd.DataFrame) -> pd.DataFrame:
-    """ADMM's LR beside the paper's LRs and SparseGPT's BR+GP+CR: mean final error ± sd over seeds."""
-    d = df[(df.recon.isin(["lr", "exact lr"])) | ((df.criterion == "sparsegpt") & (df.recon == "br+gp+cr"))]
-    return spread(d.assign(row=d.criterion + " " + d.recon.map(lambda r: LABELS.get(r, "exact LR"))),
-                  ["model", "row"], ["final_error", "ppl_wikitext2"])
-
-
-# ------------------------------------------------------------------ OWL's allocation, with and without reconstruction
-def owl(profile: str, model: str, progress: bool = True) -> pd.DataFrame:
-    """The 70% block: {uniform, OWL} × {LR, BR+GP} × {Wanda, SparseGPT}, one row a run."""
-    return table([c for c in grid.baseline_cells(profile)["owl"] if c.model == model], profile, progress)
-
-
-def owl_gain(df: pd.DataFrame) -> dict:
-    """OWL against uniform at LR and at BR+GP, per criterion (WikiText-2 perplexity and final error, paired by
-    seed), and whether reconstruction shrinks its perplexity gain: the per-seed gain at LR minus that at BR+GP
-    (> 0: smaller after reconstruction). The claim judged: OWL lowers perplexity at every criterion and scheme."""
-    parts, shrink = [], []
-    for c in ("wanda", "sparsegpt"):
-        gains = {}
-        for r in ("lr", "br+gp"):
-            d = df[(df.criterion == c) & (df.recon == r)]
-            ppl_ = Part(f"{c} {LABELS[r]}: WikiText-2 perplexity, uniform → OWL",
-                        changes(d, "allocation", "uniform", "owl", "ppl_wikitext2"), -1)
-            parts += [ppl_, Part(f"{c} {LABELS[r]}: final error, uniform → OWL",
-                                 changes(d, "allocation", "uniform", "owl", "final_error"), -1)]
-            gains[r] = dict(zip(sorted(set(d[d.allocation == "uniform"].seed) & set(d[d.allocation == "owl"].seed)),
-                                [-x for x in ppl_.changes]))
-        both = sorted(set(gains["lr"]) & set(gains["br+gp"]))
-        shrink.append(Part(f"{c}: OWL's perplexity gain, LR minus BR+GP", [gains["lr"][s] - gains["br+gp"][s]
-                                                                          for s in both], +1))
-    v = judge("OWL lowers perplexity at 70%, with and without reconstruction", parts[::2], "perplexity",
-              claimed_by="claim")
-    table = pd.DataFrame([{"part": p.name, "change, 95% CI": fmt_change(p), "p": fmt_p(p.test.p), "n": p.test.n}
-                          for p in parts + shrink])
-    return v | {"table": table, "shrink": {p.name: p for p in shrink}}
-
-
 # ------------------------------------------------------------------ finding 2
 def overfitting(profile: str, model: str, progress: bool = True) -> pd.DataFrame:
     """SparseGPT BR+GP and BR+GP+CR on finding 2's seeds, with its evaluation (grid.overfitting_cells)."""
@@ -413,8 +333,10 @@ METRICS = {"final_error": "calibration error", "test_error_wikitext2": "WikiText
            "test_error_ptb": "PTB test error", "ppl_wikitext2": "WikiText-2 perplexity", "ppl_ptb": "PTB perplexity"}
 
 
-def _measured(df: pd.DataFrame) -> list[str]:
-    return [c for c in METRICS if c in df.columns and c != "final_error"]
+def measured(df: pd.DataFrame) -> list[str]:
+    """Finding 2's parts for a table: the calibration error (always, so a table of no runs reads "not measured
+    yet"), then each test metric its runs measure."""
+    return ["final_error"] + [c for c in METRICS if c in df.columns and c != "final_error"]
 
 
 def verdict_overfitting(df: pd.DataFrame) -> dict:
@@ -422,10 +344,10 @@ def verdict_overfitting(df: pd.DataFrame) -> dict:
     perplexity. `regime` then reads each part against both of the paper's models."""
     step = f"{LABELS['br+gp']} → {LABELS['br+gp+cr']}"
     parts = [Part(f"{METRICS[m]}, {step}", changes(df, "recon", "br+gp", "br+gp+cr", m), -1 if m == "final_error" else 1)
-             for m in ["final_error"] + _measured(df)]
+             for m in measured(df)]
     v = judge("2. CR overfits: calibration error falls, test error and perplexity rise (SparseGPT)", parts,
               "metric's units")
-    return v | regime(v, [m for m in ["final_error"] + _measured(df)])
+    return v | regime(v, measured(df))
 
 
 def regime(v: dict, metrics: list[str]) -> dict:
@@ -474,72 +396,6 @@ def capacity(profile: str, df: pd.DataFrame) -> pd.DataFrame:
     return out.set_index("model")
 
 
-# ------------------------------------------------------------------ finding 2 along the calibration set's size
-def ladder(profile: str, model: str, progress: bool = True) -> pd.DataFrame:
-    """Finding 2's pair at each calibration volume of the ladder and at the book's own (its runs' first seeds),
-    one row a run; `tokens` = n_calib × seq_len."""
-    df = table(grid.ladder_cells(profile, model, own=True), profile, progress)
-    return df.assign(tokens=df.n_calib * df.seq_len)
-
-
-def ladder_changes(df: pd.DataFrame) -> pd.DataFrame:
-    """CR's paired change at each point, part by part, in % of BR+GP's value (so errors and perplexities read on
-    one axis): mean, 95% CI, n, and the move by finding 2's rule (↑, ↓ or ≈)."""
-    rows = []
-    for (model, n_calib, seq_len), d in df.groupby(["model", "n_calib", "seq_len"], sort=False):
-        regime_ = verdict_overfitting(d)["regime"]
-        for m, move in zip(["final_error"] + _measured(d), regime_.ours):
-            part = Part(METRICS[m], changes(d, "recon", "br+gp", "br+gp+cr", m, relative=True), 1)
-            t = part.test
-            rows.append({"model": model, "point": f"{n_calib} × {seq_len}", "tokens": n_calib * seq_len,
-                         "part": METRICS[m], "change %": t.mean, "lo": t.ci[0], "hi": t.ci[1], "n": t.n, "move": move})
-    return pd.DataFrame(rows, columns=["model", "point", "tokens", "part", "change %", "lo", "hi", "n", "move"])
-
-
-def ladder_regimes(profile: str, df: pd.DataFrame) -> pd.DataFrame:
-    """Per model and point (every point of the grid, measured or not): each part's move and the paper's regime it
-    matches (LLaMA-7B overfits, OPT-125M does not), by finding 2's rule."""
-    rows = []
-    for model in grid.grid(profile).models:
-        points = sorted({(c.n_calib, c.seq_len) for c in grid.ladder_cells(profile, model, own=True)},
-                        key=lambda p: (p[0] * p[1], p[1]))  # by tokens, then the shorter windows
-        for n_calib, seq_len in points:
-            d = df[(df.model == model) & (df.n_calib == n_calib) & (df.seq_len == seq_len)]
-            row = {"model": model, "point": f"{n_calib} × {seq_len}", "tokens": n_calib * seq_len}
-            pairs = len(set(d[d.recon == "br+gp"].seed) & set(d[d.recon == "br+gp+cr"].seed))
-            if pairs < 2:
-                rows.append(row | {"n": pairs, "matches": stats.NONE if not pairs else "one seed: no regime"})
-                continue
-            v = verdict_overfitting(d)
-            rows.append(row | {short: move for short, move in zip(SHORT, v["regime"].ours)} | {"n": pairs,
-                                                                                               "matches": v["matches"]})
-    return pd.DataFrame(rows)
-
-
-SHORT = ["calib.", "test WT2", "test PTB", "ppl WT2", "ppl PTB"]  # the regime table's narrow heads, METRICS' order
-
-
-def ladder_answer(regimes: pd.DataFrame) -> str:
-    """In words, per model: from which volume on CR stops raising the test error (if it does), and the paper's
-    regime each measured volume matches."""
-    out = []
-    for model, r in regimes.groupby("model", sort=False):
-        m = r[r.n >= 2]
-        tests = [c for c in ("test WT2", "test PTB") if c in m]
-        if not len(m) or not tests:
-            out.append(f"{model}: not measured yet")
-            continue
-        up = m[tests].eq("↑").any(axis=1).tolist()
-        if not any(up):
-            when = "CR raises no test error at any volume measured"
-        elif up[-1]:
-            when = f"CR still raises a test error at the largest volume measured ({m.point.iloc[-1]})"
-        else:
-            when = f"CR stops raising the test error from {m.point.iloc[max(i for i, u in enumerate(up) if u) + 1]} on"
-        out.append(f"{model}: {when}; regimes by volume: " + ", ".join(f"{p} {x}" for p, x in zip(m.point, m.matches)))
-    return "; ".join(out) + "."
-
-
 def sweep(profile: str, model: str, field: str, progress: bool = True) -> pd.DataFrame:
     return table(grid.sweep_cells(profile, model, field), profile, progress)
 
@@ -570,7 +426,7 @@ def verdict_self_generated(df: pd.DataFrame, against: str = "real") -> dict:
              "steps": "3a. … more than training as many steps on the real windows alone",
              "more real": f"3b. … more than adding {k} more real windows"}[against]
     parts = [Part(f"{METRICS[m]}, {against} → generated", changes(df, "variant", against, "generated", m), -1)
-             for m in _measured(df)]
+             for m in measured(df)[1:]]
     return judge(claim, parts, "metric's units")
 
 

@@ -15,7 +15,7 @@ LAYERS = [
     {"records"},
     {"grid"},
     {"findings"},
-    {"stopping"},
+    {"baselines", "ladder", "stopping"},
     {"verify"},
     {"robust"},
     {"parallel", "plots", "report"},

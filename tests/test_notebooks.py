@@ -84,16 +84,16 @@ def test_the_smoke_grid_fills_the_baselines_and_the_ladder_so_their_sections_ren
     """The smoke grid holds issue 39's and 40's rows, so the notebooks above render those sections with runs in
     them rather than "not measured yet": each criterion's cut against the exact LR, OWL's gain, and CR's change at
     every ladder point on both seeds."""
-    from reconlib import findings, stats
+    from reconlib import baselines, findings, ladder, stats
 
     monkeypatch.setenv("RECONLIB_RESULTS", str(smoke_store))
     monkeypatch.setenv("RECONLIB_COMPUTE", "1")  # alone, this computes them (seconds)
-    exact = findings.exact_lr("smoke", "tiny-llama", progress=False)
+    exact = baselines.exact_lr("smoke", "tiny-llama", progress=False)
     assert "admm" in set(exact.criterion) and "exact lr" in set(exact.recon)
-    cut = findings.cuts(exact)
+    cut = baselines.cuts(exact)
     assert cut["verdict"] != stats.NONE and set(cut["table"].criterion) == set(findings.CRITERIA)
-    assert findings.owl_gain(findings.owl("smoke", "tiny-llama", progress=False))["verdict"] != stats.NONE
-    changes = findings.ladder_changes(findings.ladder("smoke", "tiny-llama", progress=False))
+    assert baselines.owl_gain(baselines.owl("smoke", "tiny-llama", progress=False))["verdict"] != stats.NONE
+    changes = ladder.changes(ladder.table("smoke", "tiny-llama", progress=False))
     assert set(changes.point) == {"4 × 16", "16 × 16", "8 × 32"} and set(changes.n) == {2}
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from reconlib import checkpoints, data, findings, models, robust, stats, stopping, verify
+from reconlib import baselines, checkpoints, data, findings, ladder, models, robust, stats, stopping, verify
 
 
 def pair_rows(cal, test, ppl_windows=None):
@@ -191,15 +191,15 @@ def test_the_ladder_reads_each_volume_as_finding_2_does_and_says_when_cr_stops_o
                              "test_error_ptb": 30 + cr * (rise + 0.02 * s), "ppl_wikitext2": 40 + cr * (rise + 0.01 * s),
                              "ppl_ptb": 50 + cr * (rise + 0.03 * s)})
     df = pd.DataFrame(rows).assign(tokens=lambda d: d.n_calib * d.seq_len)
-    changes = findings.ladder_changes(df)
+    changes = ladder.changes(df)
     book = changes[(changes.point == "64 × 128") & (changes.part == "WikiText-2 test error")].iloc[0]
     assert book["change %"] == pytest.approx(100 * 1.01 / 20, rel=1e-3) and book.move == "↑" and book.n == 3
-    regimes = findings.ladder_regimes("cpu", df)
+    regimes = ladder.regimes("cpu", df)
     smol = regimes[regimes.model == "smollm2-135m"].set_index("point")
     assert list(smol.index) == ["16 × 128", "64 × 128", "256 × 128", "64 × 512", "256 × 256"]  # by tokens
     assert smol.loc["64 × 128", "matches"].startswith("LLaMA-7B") and smol.loc["256 × 256", "matches"].startswith("OPT")
     assert (regimes[regimes.model == "gemma3-270m"].matches == stats.NONE).all()  # no runs: said so
-    answer = findings.ladder_answer(regimes)
+    answer = ladder.answer(regimes)
     assert "smollm2-135m: CR stops raising the test error from 256 × 128 on" in answer
     assert "gemma3-270m: not measured yet" in answer
     from reconlib import plots
@@ -226,12 +226,12 @@ def test_cuts_against_the_exact_lr_and_owls_gain_read_pairs_by_seed():
         for c in ("magnitude", "wanda", "sparsegpt"):
             for r, e in (("lr", 100.0), ("exact lr", 60.0), ("br", 40.0), ("br+gp", 30.0), ("br+gp+cr", 20.0 + s)):
                 rows.append({"model": "m", "seed": s, "criterion": c, "recon": r, "final_error": e})
-    v = findings.cuts(pd.DataFrame(rows))
+    v = baselines.cuts(pd.DataFrame(rows))
     t = v["table"].set_index(["criterion", "scheme"])
     # BR+GP+CR against the exact LR: (20 + s − 60) / 60, against the paper's LR: (20 + s − 100) / 100
     assert t.loc[("sparsegpt", "BR+GP+CR"), "cut vs exact LR %"].startswith(f"{100 * (21 - 60) / 60:+.3g}")
     assert t.loc[("sparsegpt", "BR+GP+CR"), "cut vs LR %"].startswith(f"{100 * (21 - 100) / 100:+.3g}")
-    assert v["verdict"] == stats.HOLDS and "SparseGPT's final error by -65" in findings.exact_answer("m", v)
+    assert v["verdict"] == stats.HOLDS and "SparseGPT's final error by -65" in baselines.exact_answer("m", v)
 
     rows = []
     for s in range(4):
@@ -241,7 +241,7 @@ def test_cuts_against_the_exact_lr_and_owls_gain_read_pairs_by_seed():
                     ppl = 50.0 + s - gain * (a == "owl") + 0.1 * s * (a == "owl")
                     rows.append({"model": "m", "seed": s, "criterion": c, "recon": r, "allocation": a,
                                  "ppl_wikitext2": ppl, "final_error": ppl})
-    g = findings.owl_gain(pd.DataFrame(rows))
+    g = baselines.owl_gain(pd.DataFrame(rows))
     assert g["verdict"] == stats.HOLDS
     shrink = g["shrink"]["sparsegpt: OWL's perplexity gain, LR minus BR+GP"]
     assert shrink.changes == pytest.approx([8.0] * 4) and shrink.test.mean == pytest.approx(8.0)
@@ -555,11 +555,11 @@ def test_mixing_counts_the_groups_that_pair_two_code_versions_of_all_the_groups_
     # a seed's runs do when the points are not told apart
     rows = [dict(model="m", seed=0, criterion="sparsegpt", recon=r, n_calib=n, seq_len=128, key=f"{n}{r}", cpu="A",
                  source=v) for n, v in ((64, "v1"), (256, "v2")) for r in ("br+gp", "br+gp+cr")]
-    ladder = pd.DataFrame(rows)
-    assert findings.mixing(ladder, "recon", within=("n_calib", "seq_len")) == "0 of 2"
-    assert findings.mixing(ladder, "recon") == "1 of 1"
-    ladder.loc[ladder.key == "256br+gp", "source"] = "v1"
-    assert findings.mixing(ladder, "recon", within=("n_calib", "seq_len")) == "1 of 2"
+    volumes = pd.DataFrame(rows)
+    assert findings.mixing(volumes, "recon", within=("n_calib", "seq_len")) == "0 of 2"
+    assert findings.mixing(volumes, "recon") == "1 of 1"
+    volumes.loc[volumes.key == "256br+gp", "source"] = "v1"
+    assert findings.mixing(volumes, "recon", within=("n_calib", "seq_len")) == "1 of 2"
     # finding 1 beside the exact LR: a later code version's exact-LR run mixes its seed's group; ADMM's lone LR
     # pairs with nothing and is no group
     f1 = [dict(model="m", seed=s, criterion=c, recon=r, key=f"{s}{c}{r}", cpu="A", source="v1")
