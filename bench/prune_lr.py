@@ -1,6 +1,8 @@
 """Time the whole LR pass per criterion as a ratio to the floor measured in the same run.
 
 floor = one dense forward pass of the calibration set through every block, twice (the two streams).
+"magnitude+refit" is the exact LR (refit.py) on magnitude's masks, "admm" ADMM's iterations and its exact solve:
+their solver seconds over the floor price the solve in `grid.cost` (SOLVE_RATE there).
 Each measurement runs in its own process so that its peak memory (RSS, or CUDA peak) is its own.
 
     python bench/prune_lr.py [--model smollm2-135m] [--n-calib 16] [--seq-len 256] [--device cpu]
@@ -17,12 +19,13 @@ import torch
 
 
 def measure(kind: str, args) -> dict:
-    from reconlib import arch, criteria, data, memory, models, reconstruct, sparsegpt, streams
+    from reconlib import admm, arch, criteria, data, memory, models, reconstruct, refit, sparsegpt, streams
     from reconlib.config import RunConfig
 
     model, tokenizer = models.load_model(args.model)
     calib = data.calibration_set("boolq-passages", tokenizer, args.n_calib, args.seq_len, seed=0)
-    config = RunConfig(model=args.model, criterion=kind if kind != "floor" else "magnitude", recon="lr",
+    criterion = {"floor": "magnitude", "magnitude+refit": "magnitude"}.get(kind, kind)
+    config = RunConfig(model=args.model, criterion=criterion, recon="lr", refit=kind == "magnitude+refit",
                        n_calib=args.n_calib, seq_len=args.seq_len, batch_size=args.batch_size, device=args.device)
     device, amp = config.placement
     spent = {"solver": 0.0, "stats": 0.0}
@@ -38,6 +41,9 @@ def measure(kind: str, args) -> dict:
         return wrapper
 
     sparsegpt.solve = timed(sparsegpt.solve, "solver")
+    admm.solve = timed(admm.solve, "solver")  # its exact solve inside
+    if kind == "magnitude+refit":
+        refit.solve = timed(refit.solve, "solver")
     # the statistics' own arithmetic: Σx², and SparseGPT's Σxxᵀ, which costs about a block forward at d = 576
     criteria.Stats.flush = timed(criteria.Stats.flush, "stats")
     start = time.perf_counter()
@@ -63,26 +69,38 @@ def main():
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--kinds", default="floor,magnitude,wanda,sparsegpt,magnitude+refit,admm",
+                        help="the passes to time, comma-separated; floor always runs first")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         print(json.dumps(measure(args.one, args)))
         return
     rows = []
-    for kind in ("floor", "magnitude", "wanda", "sparsegpt"):
+    for kind in ["floor"] + [k for k in args.kinds.split(",") if k != "floor"]:
         cmd = [sys.executable, __file__, "--one", kind, "--model", args.model, "--n-calib", str(args.n_calib),
                "--seq-len", str(args.seq_len), "--batch-size", str(args.batch_size), "--device", args.device]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
     floor = rows[0]["seconds"]
     print(f"model {args.model}, {args.n_calib} × {args.seq_len} calibration tokens, device {args.device}")
-    print(f"{'pass':<10} {'seconds':>8} {'× floor':>8} {'solver s':>9} {'stats s':>8} {'(s-solver) × floor':>19} "
+    print(f"{'pass':<16} {'seconds':>8} {'× floor':>8} {'solver s':>9} {'stats s':>8} {'(s-solver) × floor':>19} "
           f"{'(s-solver-stats) × floor':>25} {'peak MB':>8}")
     for r in rows:
         rest = (r["seconds"] - r["solver_seconds"]) / floor
         bare = (r["seconds"] - r["solver_seconds"] - r["stats_seconds"]) / floor
-        print(f"{r['kind']:<10} {r['seconds']:8.1f} {r['seconds'] / floor:8.2f} {r['solver_seconds']:9.1f} "
+        print(f"{r['kind']:<16} {r['seconds']:8.1f} {r['seconds'] / floor:8.2f} {r['solver_seconds']:9.1f} "
               f"{r['stats_seconds']:8.1f} {rest:19.2f} {bare:25.2f} {r['peak_mb']:8.0f}")
+    from reconlib import grid
+    from reconlib.config import RunConfig
+
+    for r in rows:  # the exact solve in tokens' worth (the floor passes 2 × n_calib × seq_len), beside its price
+        config = RunConfig(model=args.model, criterion="admm" if r["kind"] == "admm" else "magnitude",
+                           refit=r["kind"] == "magnitude+refit")
+        if priced := grid.solve_tokens(config):
+            measured = r["solver_seconds"] / floor * 2 * args.n_calib * args.seq_len
+            print(f"{r['kind']}: the solve is worth {measured:,.0f} tokens through the blocks; grid.solve_tokens "
+                  f"prices {priced:,.0f} (SOLVE_SLOWDOWN {grid.SOLVE_SLOWDOWN:g}): measured / priced {measured / priced:.2f}")
 
 
 if __name__ == "__main__":

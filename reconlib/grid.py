@@ -7,6 +7,7 @@ once and recorded at once (records.run); a killed grid resumes at the next unrec
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -446,7 +447,38 @@ def cost(config: RunConfig) -> float:
     evaluated = 2 * len(config.test_error) * config.n_test
     tokens = (4 * real + trained + evaluated + 10 * config.self_gen) * config.seq_len
     tokens += len(config.zeroshot) * (config.zeroshot_limit or 1000) * ZEROSHOT_ITEM
-    return (tokens + LOAD) / 1e6 + ppl_tokens(config)
+    return (tokens + LOAD + solve_tokens(config)) / 1e6 + ppl_tokens(config)
+
+
+# The exact solve's flops (Σ k³/3 at the mean k, k a row's kept weights) run this many times slower than a forward's
+# matmuls: small batched Cholesky factorisations. bench/prune_lr.py's magnitude+refit pass over its floor, SmolLM2 at
+# one thread on an AMD EPYC: 3.6 (219.5 s of solve against 28.8 s for 2 × 16 × 256 tokens)
+SOLVE_SLOWDOWN = 3.6
+
+
+def solve_tokens(config: RunConfig) -> float:
+    """Tokens' worth of the exact layer-wise solve (refit, and ADMM's, which also iterates d_in-sized matmuls): it
+    costs Σ k³/3 flops a matrix whatever the calibration set, 220 s of a SmolLM2 run (2,000 before its batches were
+    sized by their largest row) beside ~225 s for the rest: priced by tokens alone, such a run read half its time."""
+    if not (config.refit or config.criterion == "admm"):
+        return 0.0
+    from .config import parse_sparsity
+
+    cubes, squares, params = _shapes(config.model)
+    keep = 1 - parse_sparsity(config.sparsity)[0]
+    per_token = 2 * params  # a forward's flops a token
+    tokens = keep**3 * cubes / 3 / per_token * SOLVE_SLOWDOWN
+    return tokens + (2 * config.admm_iters * squares / per_token if config.criterion == "admm" else 0.0)
+
+
+@functools.cache
+def _shapes(model: str) -> tuple[float, float, float]:
+    """Σ d_out·d_in³, Σ d_out·d_in² and Σ d_out·d_in over the prunable matrices of the model's blocks (its shapes
+    alone, from its config)."""
+    from . import arch, models
+
+    mats = [m.view(m.param) for b in arch.blocks(models.skeleton(model)) for m in arch.matrices(b).values()]
+    return tuple(float(sum(w.shape[0] * w.shape[1] ** p for w in mats)) for p in (3, 2, 1))
 
 
 # the grid's runs by what asked for them, each name → its label: a store can be whole for the paper's findings

@@ -51,6 +51,22 @@ def test_refit_lowers_the_output_error_of_any_mask():
         assert output_error(W, refit.solve(W, H, mask), X) < 0.9 * output_error(W, W * mask, X), name
 
 
+def test_rows_of_every_count_are_solved_in_batches_within_the_chunk(monkeypatch):
+    """A per-matrix mask spreads row counts from 1 to d_in: each batched system stays within CHUNK elements (a lone
+    row may exceed it), and the batching changes nothing in the answer."""
+    W, X, H = layer_problem(rows=16, cols=48, tokens=512)
+    keep = torch.arange(W.shape[1])[None, :] < torch.linspace(1, W.shape[1], W.shape[0]).round()[:, None]
+    mask = keep[torch.randperm(W.shape[0])]
+    monkeypatch.setattr(refit, "CHUNK", 4 * 24**2)
+    real, shapes = torch.linalg.cholesky_ex, []
+    monkeypatch.setattr(torch.linalg, "cholesky_ex", lambda A, upper=False: shapes.append(A.shape) or real(A, upper=upper))
+    W_hat = refit.solve(W, H, mask)  # damped: undamped, the full rows' H_SS (cond ~1e8) is beyond fp32
+    assert sum(c for c, _, _ in shapes) == W.shape[0]
+    assert all(c * k * k <= refit.CHUNK or c == 1 for c, k, _ in shapes), shapes
+    lam = 0.01 * torch.diag(H).mean().item()
+    assert torch.allclose(W_hat, lstsq_rows(W, X, mask, lam=lam, c=2 / X.shape[0]), rtol=1e-3, atol=1e-3)
+
+
 def test_dead_inputs_are_dropped_and_a_failed_cholesky_retries(caplog, monkeypatch):
     W, X, H = layer_problem(rows=8, cols=32, tokens=256)
     H[5, :], H[:, 5] = 0, 0  # input 5 never fires

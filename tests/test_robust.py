@@ -492,6 +492,29 @@ def test_a_runs_cpu_seconds_price_it_where_its_phases_met_different_loads(tmp_pa
     assert grid.hours(todo) == pytest.approx(700.0 / 3600)
 
 
+def test_the_exact_solve_is_priced_by_the_cholesky_flops_of_its_masks():
+    """Exact LR costs Σ k³/3 flops a matrix (k a row's kept weights) whatever the calibration set, priced in tokens'
+    worth on top of the paper's LR; at 2:4 every row keeps d_in/2, so the masks' own count is exact. ADMM adds its
+    iterations."""
+    from torch import nn
+
+    from reconlib import arch, criteria, grid, models
+    from reconlib.config import RunConfig
+
+    flops = params = 0.0
+    for block in arch.blocks(models.tiny_model("llama")):
+        for lin in (m for m in block.modules() if isinstance(m, nn.Linear)):
+            mask = criteria.select(lin.weight.abs(), 0.5, 2, 4)
+            flops += float((mask.sum(1).double() ** 3 / 3).sum())
+            params += lin.weight.numel()
+    paper = RunConfig(model="tiny-llama", sparsity="2:4", recon="lr")
+    expected = flops / (2 * params) * grid.SOLVE_SLOWDOWN  # a forward's flops a token: 2 × params
+    assert grid.solve_tokens(paper) == 0
+    assert grid.solve_tokens(paper.replace(refit=True)) == pytest.approx(expected)
+    assert grid.cost(paper.replace(refit=True)) - grid.cost(paper) == pytest.approx(expected / 1e6)
+    assert grid.solve_tokens(paper.replace(criterion="admm")) > expected
+
+
 def test_the_clock_counts_cpu_seconds_apart_from_wall_seconds():
     """Waiting (for a core, here for a sleep) adds wall seconds and no CPU seconds; work adds both."""
     import time
