@@ -36,7 +36,7 @@ COMPUTE ?= 0
 # the commit whose library computes the verdict runs of findings 2 and 3 (`make records REV=...`, below)
 VERDICT_REV := d5c415d
 # and the one whose library computes the baselines and the ladder (`make records REV=$(BASELINE_REV) ONLY=baselines,ladder`)
-BASELINE_REV := a895dd4
+BASELINE_REV := 00eaf76
 REV ?=
 # grid groups to compute, the rest left alone (`reconlib grid --help`): a grid pinned to a commit for its own groups
 ONLY ?=
