@@ -229,10 +229,33 @@ def calibration_set(corpus: str, tokenizer, n: int, seq_len: int, seed: int = 0,
     run measures but never trains on); the first n are the draw without them, window for window.
     """
     _check(n, seq_len)
-    docs = documents(corpus, "train")
-    if len(docs) == 1:
+    if len(documents(corpus, "train")) == 1:
         return stream_windows(_stream(tokenizer, corpus, "train"), n, seq_len, seed, bos, holdout)
-    rng, body = random.Random(seed), seq_len - (bos is not None)
+    taken, encoded = _draw(corpus, tokenizer, n, seq_len, seed, bos is not None, holdout)
+    sources = {pick for pick, _ in taken[:n]}
+    if len(sources) < n / 2:
+        # boolq-passages: median 115 tokens; at seq_len 512 only 8 of 2,644 passages are long enough
+        log.warning("calibration: the %d windows of %d tokens come from only %d distinct documents of %s, since "
+                    "most are shorter than the window; use a shorter seq_len or a corpus of longer documents",
+                    n, seq_len, len(sources), corpus)
+    body = seq_len - (bos is not None)
+    windows = [torch.as_tensor(encoded[pick][start:start + body], dtype=torch.long) for pick, start in taken]
+    return _with_bos(torch.stack(windows), bos)  # (n + holdout, seq_len)
+
+
+def window_documents(corpus: str, tokenizer, n: int, seq_len: int, seed: int = 0, bos: bool = False) -> list[int]:
+    """The document (its index in `documents(corpus, "train")`) each of `calibration_set`'s n windows is cut from:
+    how independent two parts of one draw are (finding 3's more-real windows and the real ones)."""
+    _check(n, seq_len)
+    if len(documents(corpus, "train")) == 1:
+        return [0] * n
+    return [pick for pick, _ in _draw(corpus, tokenizer, n, seq_len, seed, bos, 0)[0]]
+
+
+def _draw(corpus: str, tokenizer, n: int, seq_len: int, seed: int, bos: bool, holdout: int):
+    """calibration_set's draw → ([(document, start)] of n + holdout windows, {document: its ids})."""
+    docs = documents(corpus, "train")
+    rng, body = random.Random(seed), seq_len - bos
     spans, encoded = _Spans(n, body), {}  # encoded: document → ids (a short one is drawn again and again)
     for _ in range(1000 * (n + holdout)):
         pick = rng.randrange(len(docs))
@@ -243,19 +266,10 @@ def calibration_set(corpus: str, tokenizer, n: int, seq_len: int, seed: int = 0,
             start = rng.randrange(len(ids) - body)
             spans.offer(pick, start)
             if len(spans.taken) == n + holdout:
-                break
-    else:
-        raise ValueError(f"corpus {corpus!r}: too few of its {len(docs)} documents are longer than a window of "
-                         f"{seq_len} tokens for {n} windows" + (f" and {holdout} held-out ones" if holdout else "")
-                         + "; use a shorter seq_len, fewer windows or a corpus of longer documents")
-    sources = {pick for pick, _ in spans.taken[:n]}
-    if len(sources) < n / 2:
-        # boolq-passages: median 115 tokens; at seq_len 512 only 8 of 2,644 passages are long enough
-        log.warning("calibration: the %d windows of %d tokens come from only %d distinct documents of %s, since "
-                    "most are shorter than the window; use a shorter seq_len or a corpus of longer documents",
-                    n, seq_len, len(sources), corpus)
-    windows = [torch.as_tensor(encoded[pick][start:start + body], dtype=torch.long) for pick, start in spans.taken]
-    return _with_bos(torch.stack(windows), bos)  # (n + holdout, seq_len)
+                return spans.taken, encoded
+    raise ValueError(f"corpus {corpus!r}: too few of its {len(docs)} documents are longer than a window of "
+                     f"{seq_len} tokens for {n} windows" + (f" and {holdout} held-out ones" if holdout else "")
+                     + "; use a shorter seq_len, fewer windows or a corpus of longer documents")
 
 
 def window_count(corpus: str, tokenizer, seq_len: int, bos: bool = False) -> int:

@@ -417,6 +417,26 @@ def self_gen_sample(profile: str, model: str) -> str:
     return found[0]["self_gen_sample"] if found else f"({stats.NONE}: no run with generated windows in the store)"
 
 
+def more_real_sources(profile: str, model: str) -> str:
+    """How independent finding 3's more-real windows are of the real ones, over the model's seeds, in words: the
+    corpus's documents, how many the n real windows are cut from, and the share of the k more-real windows cut from
+    one of those (a window never overlaps a real one's tokens, but the same article is the same topic and style)."""
+    from . import data, models
+
+    cells = grid.self_gen_cells(profile, model)["more real"]
+    tokenizer, bos = models.load_tokenizer(model)
+    real, shared = [], []
+    for c in cells:
+        docs = data.window_documents(c.calib, tokenizer, c.n_calib + c.extra_real, c.seq_len, c.seed, bos)
+        real.append(len(set(docs[:c.n_calib])))
+        shared.append(sum(d in set(docs[:c.n_calib]) for d in docs[c.n_calib:]) / c.extra_real)
+    span = lambda xs, f="{}": f.format(min(xs)) + (f"–{f.format(max(xs))}" if min(xs) != max(xs) else "")  # noqa: E731
+    c = cells[0]
+    return (f"the {c.n_calib} real windows come from {span(real)} of the {len(data.documents(c.calib, 'train'))} "
+            f"documents of {c.calib}, and {span(shared, '{:.0%}')} of the {c.extra_real} more-real windows are cut "
+            f"from a document a real window also comes from ({model}, {len(cells)} seeds)")
+
+
 def verdict_self_generated(df: pd.DataFrame, against: str = "real") -> dict:
     """The generated windows lower the test error on every set and the perplexity, compared with `against`:
     "real" (the paper's claim), "steps" (the same Adam steps without generated text) or "more real" (as many

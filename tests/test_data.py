@@ -87,6 +87,19 @@ def test_calibration_windows_are_seeded_random_and_held_out(tokenizer):
     assert not set(train) & set(test) and len(test) > 100
 
 
+@pytest.mark.parametrize("bos", [None, 0])
+def test_each_windows_document_is_the_one_its_text_is_cut_from(tokenizer, bos):
+    """window_documents names, window by window, the article calibration_set cut it from: its text is in that
+    article (finding 3 counts the more-real windows' articles with it)."""
+    windows = data.calibration_set("wikitext2-valid", tokenizer, 24, 64, seed=3, bos=bos)
+    picks = data.window_documents("wikitext2-valid", tokenizer, 24, 64, seed=3, bos=bos is not None)
+    docs = data.documents("wikitext2-valid", "train")
+    assert len(picks) == 24 and len(set(picks)) > 5
+    for window, pick in zip(windows, picks):
+        text = tokenizer.decode(window[bos is not None:])
+        assert text in docs[pick] and sum(text in d for d in docs) == 1
+
+
 @pytest.mark.parametrize("n, seq_len, words", [(0, 64, "positive integer"), (4, 0, "seq_len")])
 def test_bad_sizes(tokenizer, n, seq_len, words):
     with pytest.raises(ValueError, match=words):
