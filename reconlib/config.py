@@ -27,12 +27,12 @@ class RunConfig:
     # on, so the paper's LR keeps its name, keys and records, and refit also gives BR an exact start.
     refit: bool = False                 # exact LR: each linear's survivors refit by least squares to the dense layer's
                                         # output on the same sparse-stream inputs (refit.py); the paper's LR updates
-                                        # none (magnitude, Wanda) or by OBS (SparseGPT). Cost: ~15 s more a SmolLM2
-                                        # block at 50% (cpu profile, one thread; ~8x SparseGPT's own solve), so an LR
-                                        # run's pruning takes ~5x as long
+                                        # none (magnitude, Wanda) or by OBS (SparseGPT). Cost: ~7 s more a SmolLM2
+                                        # block at 50%, one thread (bench/prune_lr.py: 220 s over 30 blocks, where
+                                        # magnitude's whole LR pass over 16 × 256 tokens takes 28 s)
     admm_iters: int = 20                # criterion admm (Boža 2024, admm.py): iterations of its weight update. Cost:
-                                        # ~21 s a SmolLM2 block at 50% or 2:4 (cpu profile, one thread; ~11x
-                                        # SparseGPT's), most of it the exact solve on the final mask
+                                        # ~10 s a SmolLM2 block at 50%, one thread (bench/prune_lr.py: 311 s over 30
+                                        # blocks), most of it the exact solve on the final mask
     admm_prune_iters: int = 15          # admm: the first K iterations re-choose the mask, on a cubic sparsity schedule
     admm_rho: float = 1.0               # admm: the penalty ρ of the splitting
     allocation: str = "uniform"         # each block's sparsity: uniform, or owl (Yin et al. 2024): fewer zeros where
