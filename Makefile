@@ -108,12 +108,17 @@ book: execute tables html check-pages
 # over several sessions share one code version (source_digest) while the library moves on: the verdict runs of
 # findings 2 and 3 are REV=$(VERDICT_REV)'s. Records go to this checkout's store either way. ONLY: those groups'
 # runs alone, so a grid pinned to a later commit computes its own groups and leaves the verdict runs to theirs.
+PINNED_BUSY = make records: a grid at $(REV) is running already, and that commit predates claims.py, so a second \
+  one would compute the same runs: stop it and start one with a higher WORKERS instead
 records: $(STAMP)
 ifeq ($(REV),)
 	OMP_NUM_THREADS=1 $(BIN)/python -m reconlib grid --profile $(PROFILE) --workers $(WORKERS) $(if $(ONLY),--only $(ONLY))
 else
 	test -d .grid/$(REV) || git worktree add --detach .grid/$(REV) $(REV)
-	cd .grid/$(REV) && OMP_NUM_THREADS=1 PYTHONPATH=$(abspath .grid/$(REV)) $(abspath $(BIN))/python -m reconlib grid \
+	@# a commit before claims.py shares no queue between grids: a second grid at it would compute the same runs
+	cd .grid/$(REV) && if [ ! -f reconlib/claims.py ]; then exec 9>../$(REV).lock; \
+	  flock -n 9 || { echo "$(PINNED_BUSY)" >&2; exit 1; }; fi; \
+	  OMP_NUM_THREADS=1 PYTHONPATH=$(abspath .grid/$(REV)) $(abspath $(BIN))/python -m reconlib grid \
 	  --profile $(PROFILE) --workers $(WORKERS) $(if $(ONLY),--only $(ONLY))
 endif
 
