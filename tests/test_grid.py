@@ -143,6 +143,32 @@ def test_a_killed_grid_leaves_no_worker_computing():
         driver.kill()
 
 
+@pytest.mark.skipif(not shutil.which("flock") or not shutil.which("make"), reason="needs make and util-linux flock")
+def test_a_second_grid_at_a_commit_without_claims_is_refused(tmp_path):
+    """Grids at a commit before claims.py share no queue, so `make records REV=…` lets one run there: a second is
+    refused by name while the first holds .grid/REV.lock, and one at a commit with claims.py is not."""
+    shutil.copy(Path(__file__).resolve().parents[1] / "Makefile", tmp_path / "Makefile")
+    bin_ = tmp_path / "venv" / "bin"
+    bin_.mkdir(parents=True)
+    (bin_ / "python").write_text("#!/bin/sh\nsleep 3\n")  # stands in for the grid: it holds the lock 3 s
+    (bin_ / "python").chmod(0o755)
+    for rev in ("old", "new"):
+        (tmp_path / ".grid" / rev / "reconlib").mkdir(parents=True)
+    (tmp_path / ".grid" / "new" / "reconlib" / "claims.py").touch()
+    make = lambda rev: subprocess.Popen(["make", "-s", "records", f"REV={rev}", f"VENV={tmp_path / 'venv'}", "STAMP="],  # noqa: E731
+                                        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for rev in ("old", "new"):
+        first = make(rev)
+        time.sleep(1)
+        second = make(rev)
+        _, err = second.communicate(30)
+        assert first.wait(30) == 0
+        if rev == "old":
+            assert second.returncode != 0 and "predates claims.py" in err and "higher WORKERS" in err
+        else:
+            assert second.returncode == 0, err
+
+
 def test_the_grid_runs_on_a_two_worker_ray_cluster(capsys, monkeypatch):
     """`grid --executor ray`: runs dispatched to a local Ray cluster of two CPUs; the driver writes the records."""
     from reconlib.__main__ import main
