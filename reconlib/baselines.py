@@ -7,7 +7,7 @@ import pandas as pd
 
 from . import grid, stats
 from .config import CRITERIA, SCHEMES
-from .findings import LABELS, Part, changes, error_reduction, fmt_change, fmt_p, judge, spread, table
+from .findings import LABELS, Part, changes, deciding, error_reduction, fmt_change, fmt_p, judge, spread, table
 
 
 def exact_lr(profile: str, model: str, progress: bool = True) -> pd.DataFrame:
@@ -40,15 +40,18 @@ def cuts(df: pd.DataFrame) -> dict:
 
 def exact_answer(model: str, v: dict) -> str:
     """One sentence: the cut of BR+GP+CR against the exact LR beside that against the paper's LR (SparseGPT), and
-    what the rule says of "each scheme beats the exact LR"."""
+    what the rule says of "each scheme beats the exact LR", with the part that decides it (that part may be another
+    criterion's: the store holds some criteria's exact LR before the rest)."""
     t = v["table"]
     row = t[(t.criterion == "sparsegpt") & (t.scheme == "BR+GP+CR")]
     if v["verdict"] == stats.NONE or not len(row):
         return f"{model}: {stats.NONE}"
     row = row.iloc[0]
-    return (f"{model}: BR+GP+CR cuts SparseGPT's final error by {row['cut vs exact LR %']}% against the exact LR "
-            f"(by {row['cut vs LR %']}% against the paper's LR); that every scheme beats the exact LR "
-            f"**{v['verdict']}** (n = {row['n']})")
+    cut = (f"BR+GP+CR cuts SparseGPT's final error by {row['cut vs exact LR %']}% against the exact LR (by "
+           f"{row['cut vs LR %']}% against the paper's LR)" if row["n"] else f"SparseGPT's exact LR: {stats.NONE}")
+    why = deciding(v)
+    return (f"{model}: {cut}; that every scheme beats the exact LR **{v['verdict']}** ({why}, "
+            f"n = {v['tests'][why.split(': ', 1)[0]].test.n})")
 
 
 def admm_row(df: pd.DataFrame) -> pd.DataFrame:

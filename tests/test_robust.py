@@ -232,6 +232,13 @@ def test_cuts_against_the_exact_lr_and_owls_gain_read_pairs_by_seed():
     assert t.loc[("sparsegpt", "BR+GP+CR"), "cut vs exact LR %"].startswith(f"{100 * (21 - 60) / 60:+.3g}")
     assert t.loc[("sparsegpt", "BR+GP+CR"), "cut vs LR %"].startswith(f"{100 * (21 - 100) / 100:+.3g}")
     assert v["verdict"] == stats.HOLDS and "SparseGPT's final error by -65" in baselines.exact_answer("m", v)
+    # a store with magnitude's exact LR alone, where BR stays above it: the sentence names the part that decides,
+    # with its seeds, and says that SparseGPT's exact LR is not measured yet (not "by not measured yet%", n = 0)
+    partial = pd.DataFrame(rows).query("recon != 'exact lr' or criterion == 'magnitude'")
+    partial.loc[(partial.criterion == "magnitude") & (partial.recon == "br"), "final_error"] = [150.0, 160.0, 155.0]
+    answer = baselines.exact_answer("m", baselines.cuts(partial))
+    assert "**does not hold** (magnitude final error, exact LR → BR:" in answer and answer.endswith("n = 3)")
+    assert f"SparseGPT's exact LR: {stats.NONE}" in answer and "yet%" not in answer
 
     rows = []
     for s in range(4):
