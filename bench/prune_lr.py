@@ -2,7 +2,7 @@
 
 floor = one dense forward pass of the calibration set through every block, twice (the two streams).
 "magnitude+refit" is the exact LR (refit.py) on magnitude's masks, "admm" ADMM's iterations and its exact solve:
-their solver seconds over the floor price the solve in `grid.cost` (SOLVE_RATE there).
+their solver seconds over the floor price the solve in `grid.cost` (SOLVE_SLOWDOWN there).
 Each measurement runs in its own process so that its peak memory (RSS, or CUDA peak) is its own.
 
     python bench/prune_lr.py [--model smollm2-135m] [--n-calib 16] [--seq-len 256] [--device cpu]
@@ -18,15 +18,21 @@ import time
 import torch
 
 
+def config_of(kind: str, args):
+    """The LR run a pass times (the floor reads magnitude's, which prunes nothing it has to solve for)."""
+    from reconlib.config import RunConfig
+
+    criterion = {"floor": "magnitude", "magnitude+refit": "magnitude"}.get(kind, kind)
+    return RunConfig(model=args.model, criterion=criterion, recon="lr", refit=kind == "magnitude+refit",
+                     n_calib=args.n_calib, seq_len=args.seq_len, batch_size=args.batch_size, device=args.device)
+
+
 def measure(kind: str, args) -> dict:
     from reconlib import admm, arch, criteria, data, memory, models, reconstruct, refit, sparsegpt, streams
-    from reconlib.config import RunConfig
 
     model, tokenizer = models.load_model(args.model)
     calib = data.calibration_set("boolq-passages", tokenizer, args.n_calib, args.seq_len, seed=0)
-    criterion = {"floor": "magnitude", "magnitude+refit": "magnitude"}.get(kind, kind)
-    config = RunConfig(model=args.model, criterion=criterion, recon="lr", refit=kind == "magnitude+refit",
-                       n_calib=args.n_calib, seq_len=args.seq_len, batch_size=args.batch_size, device=args.device)
+    config = config_of(kind, args)
     device, amp = config.placement
     spent = {"solver": 0.0, "stats": 0.0}
 
@@ -92,12 +98,9 @@ def main():
         print(f"{r['kind']:<16} {r['seconds']:8.1f} {r['seconds'] / floor:8.2f} {r['solver_seconds']:9.1f} "
               f"{r['stats_seconds']:8.1f} {rest:19.2f} {bare:25.2f} {r['peak_mb']:8.0f}")
     from reconlib import grid
-    from reconlib.config import RunConfig
 
     for r in rows:  # the exact solve in tokens' worth (the floor passes 2 × n_calib × seq_len), beside its price
-        config = RunConfig(model=args.model, criterion="admm" if r["kind"] == "admm" else "magnitude",
-                           refit=r["kind"] == "magnitude+refit")
-        if priced := grid.solve_tokens(config):
+        if priced := grid.solve_tokens(config_of(r["kind"], args)):
             measured = r["solver_seconds"] / floor * 2 * args.n_calib * args.seq_len
             print(f"{r['kind']}: the solve is worth {measured:,.0f} tokens through the blocks; grid.solve_tokens "
                   f"prices {priced:,.0f} (SOLVE_SLOWDOWN {grid.SOLVE_SLOWDOWN:g}): measured / priced {measured / priced:.2f}")

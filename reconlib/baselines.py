@@ -7,7 +7,8 @@ import pandas as pd
 
 from . import grid, stats
 from .config import CRITERIA, SCHEMES
-from .findings import LABELS, Part, changes, deciding, error_reduction, fmt_change, fmt_p, judge, spread, table
+from .findings import (LABELS, Part, changes, deciding, deciding_part, error_reduction, fmt_change, fmt_p, judge,
+                       spread, table)
 
 
 def exact_lr(profile: str, model: str, progress: bool = True) -> pd.DataFrame:
@@ -49,9 +50,8 @@ def exact_answer(model: str, v: dict) -> str:
     row = row.iloc[0]
     cut = (f"BR+GP+CR cuts SparseGPT's final error by {row['cut vs exact LR %']}% against the exact LR (by "
            f"{row['cut vs LR %']}% against the paper's LR)" if row["n"] else f"SparseGPT's exact LR: {stats.NONE}")
-    why = deciding(v)
-    return (f"{model}: {cut}; that every scheme beats the exact LR **{v['verdict']}** ({why}, "
-            f"n = {v['tests'][why.split(': ', 1)[0]].test.n})")
+    return (f"{model}: {cut}; that every scheme beats the exact LR **{v['verdict']}** ({deciding(v)}, "
+            f"n = {deciding_part(v).test.n})")
 
 
 def admm_row(df: pd.DataFrame) -> pd.DataFrame:

@@ -97,15 +97,23 @@ def primary(v: dict) -> str:
 def deciding(v: dict) -> str:
     """The part that decides a verdict, with its numbers: the weakest part of one that holds, the part against
     it of one that does not, and the part furthest from significance otherwise."""
-    parts = list(v["tests"].values())
-    if not parts:  # a finding none of whose runs is in the store yet
+    part = deciding_part(v)
+    if part is None:  # a finding none of whose runs is in the store yet
         return stats.NONE
     if v["verdict"] == stats.FAILS:  # its p is the one-sided test against the paper, before Holm's correction
-        part = min(parts, key=lambda p: p.test.p_opposite)
         return (f"{part.name}: {fmt_change(part)}, p against = {fmt_p(part.test.p_opposite)} ≤ "
-                f"{stats.ALPHA / len(parts):.2g} (Holm)")
-    part = max(parts, key=lambda p: (math.isnan(p.test.p), p.test.p))
+                f"{stats.ALPHA / len(v['tests']):.2g} (Holm)")
     return f"{part.name}: {fmt_change(part)}, p = {fmt_p(part.test.p)}"
+
+
+def deciding_part(v: dict) -> Part | None:
+    """The Part `deciding` words (None before any run)."""
+    parts = list(v["tests"].values())
+    if not parts:
+        return None
+    if v["verdict"] == stats.FAILS:
+        return min(parts, key=lambda p: p.test.p_opposite)
+    return max(parts, key=lambda p: (math.isnan(p.test.p), p.test.p))
 
 
 # ------------------------------------------------------------------ runs → rows
@@ -428,8 +436,9 @@ def more_real_sources(profile: str, model: str) -> str:
     real, shared = [], []
     for c in cells:
         docs = data.window_documents(c.calib, tokenizer, c.n_calib + c.extra_real, c.seq_len, c.seed, bos)
-        real.append(len(set(docs[:c.n_calib])))
-        shared.append(sum(d in set(docs[:c.n_calib]) for d in docs[c.n_calib:]) / c.extra_real)
+        first = set(docs[:c.n_calib])
+        real.append(len(first))
+        shared.append(sum(d in first for d in docs[c.n_calib:]) / c.extra_real)
     span = lambda xs, f="{}": f.format(min(xs)) + (f"–{f.format(max(xs))}" if min(xs) != max(xs) else "")  # noqa: E731
     c = cells[0]
     return (f"the {c.n_calib} real windows come from {span(real)} of the {len(data.documents(c.calib, 'train'))} "
