@@ -11,8 +11,6 @@ import pandas as pd
 # fc1, fc2). And the paper's calibration set, 256 × 1024 tokens.
 BLOCK_WEIGHTS = {"llama-7b": 4 * 4096**2 + 3 * 4096 * 11008, "opt-125m": 4 * 768**2 + 2 * 768 * 3072}
 CALIB_TOKENS = 256 * 1024
-# Finding 1: the total final-error reduction of BR+GP+CR versus LR, per model (percent, range over pruners).
-REDUCTION = {"llama-7b": (87, 94), "opt-125m": (79, 96)}
 
 
 @lru_cache(maxsize=1)
@@ -34,8 +32,3 @@ def lookup(model: str, criterion: str, recon: str, metric: str, self_gen: int = 
     # a dict, not a DataFrame filter: the robustness checks ask it some 10^4 times a page
     return _cells().get((model, criterion, recon, metric, self_gen))
 
-
-def reduction(model: str, criterion: str) -> float | None:
-    """The paper's final-error reduction of BR+GP+CR versus LR for one pruner, in percent."""
-    lr, cr = lookup(model, criterion, "lr", "final_error"), lookup(model, criterion, "br+gp+cr", "final_error")
-    return None if lr is None or cr is None else 100 * (1 - cr / lr)
