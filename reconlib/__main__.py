@@ -44,9 +44,14 @@ def _emit(payload: dict, as_json: bool) -> None:
     if as_json:
         json.dump(payload, sys.stdout)
         sys.stdout.write("\n")
-    else:
+    else:  # for a person: a list or a mapping one item a line (a dry run lists ~150 runs)
         for key, value in payload.items():
-            print(f"{key}: {value}")
+            if isinstance(value, (list, dict)) and value:
+                items = value.items() if isinstance(value, dict) else enumerate(value, 1)
+                print(f"{key}:", *(f"  {k}: {v}" if isinstance(value, dict) else f"  {k}. {v}" for k, v in items),
+                      sep="\n")
+            else:
+                print(f"{key}: {value}")
 
 
 def _dense(values: dict) -> dict:

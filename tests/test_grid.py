@@ -270,6 +270,16 @@ def test_the_dry_run_counts_the_papers_findings_apart_from_finding_4(capsys):
     assert out["missing"] == len(grid.missing("smoke")) > first
 
 
+def test_the_dry_run_prints_one_missing_run_a_line_for_a_person(capsys):
+    from reconlib.__main__ import main
+    main(["grid", "--profile", "smoke", "--dry-run"])
+    lines = capsys.readouterr().out.splitlines()
+    todo = grid.missing("smoke")
+    runs = lines[lines.index("runs:") + 1:]
+    assert runs == [f"  {i}. {grid.label(kind, c)}" for i, (kind, c) in enumerate(todo, 1)]
+    assert f"missing: {len(todo)}" in lines and "  calibration ladder: 8" in lines  # a mapping, a key a line
+
+
 def test_issue_39s_rows_are_a_group_of_their_own():
     rows = grid.baseline_cells("cpu")
     queued = [c.key() for c in grid.runs("cpu")]
