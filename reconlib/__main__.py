@@ -46,10 +46,10 @@ def _emit(payload: dict, as_json: bool) -> None:
         sys.stdout.write("\n")
     else:  # for a person: a list or a mapping one item a line (a dry run lists ~150 runs)
         for key, value in payload.items():
-            if isinstance(value, (list, dict)) and value:
-                items = value.items() if isinstance(value, dict) else enumerate(value, 1)
-                print(f"{key}:", *(f"  {k}: {v}" if isinstance(value, dict) else f"  {k}. {v}" for k, v in items),
-                      sep="\n")
+            if isinstance(value, dict) and value:
+                print(f"{key}:", *(f"  {k}: {v}" for k, v in value.items()), sep="\n")
+            elif isinstance(value, list) and value:
+                print(f"{key}:", *(f"  {i}. {v}" for i, v in enumerate(value, 1)), sep="\n")
             else:
                 print(f"{key}: {value}")
 
